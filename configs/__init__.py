@@ -1,0 +1,6 @@
+"""Typed settings for the pipelines: dataclasses with defaults that work, loadable from YAML."""
+
+from .base import add_arguments, from_args, load_yaml, to_dict
+from .predict import PredictConfig
+
+__all__ = ["PredictConfig", "add_arguments", "from_args", "load_yaml", "to_dict"]

@@ -1,0 +1,1 @@
+"""Bundled data: the public-domain Spot cow mesh (see spot_cow/SOURCE.txt) for `lotus3d demo`."""

@@ -1,0 +1,369 @@
+"""Synthetic scenes with exact ground truth, ray cast from real meshes with Open3D.
+
+A scene is a textured mesh seen by N posed pinhole cameras. For each view we render the colour
+image (texture x simple shading), exact depth along z, camera-frame normals (facing the camera)
+and a foreground mask; we sample SfM-like sparse points (surface points seen by two or more views,
+with their tracks, optional noise and outliers); and :func:`simulate_prediction` turns exact depth
+and normals into what a monocular model such as Lotus gives: affine-invariant disparity in [0, 1]
+with errors (see its docstring).
+
+Everything is in the mesh's units and the OpenCV camera convention; poses are world-to-camera.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import open3d as o3d
+import trimesh
+from scipy import ndimage
+
+from .types import Camera, Prediction
+
+
+# ------------------------------------------------------------------------------------------- mesh
+@dataclass
+class TexturedMesh:
+    """Triangle mesh with a colour source: per-corner UVs + texture, or per-vertex colours."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int
+    uv: np.ndarray | None = None  # (V, 2) texture coordinates (OpenGL: v up)
+    texture: np.ndarray | None = None  # (Ht, Wt, 3) float32 in [0, 1]
+    vertex_colors: np.ndarray | None = None  # (V, 3) float32 in [0, 1]
+
+    @property
+    def bounds(self) -> np.ndarray:
+        return np.stack([self.vertices.min(0), self.vertices.max(0)])
+
+    def to_open3d(self) -> o3d.t.geometry.TriangleMesh:
+        m = o3d.t.geometry.TriangleMesh()
+        m.vertex.positions = o3d.core.Tensor(self.vertices.astype(np.float32))
+        m.triangle.indices = o3d.core.Tensor(self.faces.astype(np.int32))
+        return m
+
+    def to_trimesh(self) -> trimesh.Trimesh:
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+
+def load_mesh(path: str | Path) -> TexturedMesh:
+    """Load an OBJ / PLY / GLB with its texture or vertex colours (trimesh)."""
+    loaded = trimesh.load(str(path), process=False)
+    if isinstance(loaded, trimesh.Scene):
+        loaded = loaded.to_geometry() if hasattr(loaded, "to_geometry") else loaded.dump(concatenate=True)
+    mesh: trimesh.Trimesh = loaded
+    out = TexturedMesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64))
+    visual = mesh.visual
+    if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:
+        image = getattr(visual.material, "image", None) or getattr(visual.material, "baseColorTexture", None)
+        if image is not None:
+            out.uv = np.asarray(visual.uv, np.float64)
+            out.texture = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    if out.texture is None:
+        try:
+            vc = np.asarray(mesh.visual.to_color().vertex_colors, np.float32)[:, :3] / 255.0
+            if vc.std() > 1e-3:
+                out.vertex_colors = vc
+        except Exception:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------- cameras
+def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """(4, 4) world-to-camera of an OpenCV camera at ``center`` looking at ``target`` (y down)."""
+    z = target - center
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-6:
+        x = np.cross(z, np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]))
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = -R @ center
+    return T
+
+
+def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """(3, 3) K with the given horizontal field of view, principal point at the image centre."""
+    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
+    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]])
+
+
+def orbit_cameras(
+    mesh: TexturedMesh,
+    n: int,
+    width: int = 640,
+    height: int = 480,
+    fov_deg: float = 50.0,
+    distance: float = 2.2,
+    elevations: tuple[float, float] = (10.0, 40.0),
+    up_axis: int = 1,
+    seed: int = 0,
+) -> list[Camera]:
+    """``n`` cameras on a ring around the mesh, looking at its centre.
+
+    ``distance`` is in units of the bounding sphere's radius; elevation alternates within
+    ``elevations`` (degrees) so that consecutive views overlap and see the top.
+    """
+    rng = np.random.default_rng(seed)
+    lo, hi = mesh.bounds
+    c, r = (lo + hi) / 2, np.linalg.norm(hi - lo) / 2
+    up = np.zeros(3)
+    up[up_axis] = 1.0
+    a, b = [i for i in range(3) if i != up_axis]
+    K = intrinsics(width, height, fov_deg)
+    cams = []
+    for i in range(n):
+        az = 2 * np.pi * i / n + rng.uniform(-0.05, 0.05)
+        el = np.radians(np.interp((i % 4) / 3, [0, 1], elevations))
+        d = np.zeros(3)
+        d[a], d[b], d[up_axis] = np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)
+        center = c + distance * r * d
+        target = c + rng.normal(0, 0.03 * r, 3)
+        cams.append(Camera(K=K.copy(), world_to_camera=look_at(center, target, up), width=width, height=height))
+    return cams
+
+
+def room_cameras(
+    mesh: TexturedMesh,
+    n: int,
+    width: int = 640,
+    height: int = 480,
+    fov_deg: float = 60.0,
+    seed: int = 0,
+    up_axis: int | None = None,
+) -> list[Camera]:
+    """``n`` cameras inside a room-like mesh, near its middle, panning around with overlap.
+
+    The up axis defaults to the bounding box's shortest side (rooms are lower than they are wide).
+    """
+    rng = np.random.default_rng(seed)
+    lo, hi = mesh.bounds
+    ext = hi - lo
+    up_axis = int(np.argmin(ext)) if up_axis is None else up_axis
+    up = np.zeros(3)
+    up[up_axis] = 1.0
+    a, b = [i for i in range(3) if i != up_axis]
+    K = intrinsics(width, height, fov_deg)
+    center = (lo + hi) / 2
+    cams = []
+    for i in range(n):
+        yaw = 2 * np.pi * i / n
+        pos = center + np.array([rng.uniform(-0.12, 0.12) * e for e in ext])
+        pos[up_axis] = lo[up_axis] + ext[up_axis] * rng.uniform(0.45, 0.6)
+        d = np.zeros(3)
+        d[a], d[b], d[up_axis] = np.cos(yaw), np.sin(yaw), -0.25
+        cams.append(Camera(K=K.copy(), world_to_camera=look_at(pos, pos + d, up), width=width, height=height))
+    return cams
+
+
+# --------------------------------------------------------------------------------------- rendering
+@dataclass
+class RenderedView:
+    """One rendered view. depth (H, W) along z (NaN = no surface); normal (H, W, 3) camera frame,
+    facing the camera; image (H, W, 3) in [0, 1]; mask (H, W) True where a surface was hit."""
+
+    camera: Camera
+    image: np.ndarray
+    depth: np.ndarray
+    normal: np.ndarray
+    mask: np.ndarray
+
+
+class Renderer:
+    """Ray casts a :class:`TexturedMesh` (Open3D RaycastingScene) with texture and Lambert shading."""
+
+    def __init__(self, mesh: TexturedMesh, background: tuple[float, float, float] = (0.0, 0.0, 0.0)):
+        self.mesh = mesh
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.scene.add_triangles(mesh.to_open3d())
+        v, f = mesh.vertices, mesh.faces
+        fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        self.face_normals = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+        self.background = np.asarray(background, np.float32)
+
+    def rays(self, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel ray directions in world (H, W, 3), unit z in camera frame, and the centre."""
+        u, v = np.meshgrid(np.arange(cam.width), np.arange(cam.height))
+        pix = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64)
+        d_cam = pix @ np.linalg.inv(cam.K).T  # z = 1
+        R = cam.world_to_camera[:3, :3]
+        return d_cam @ R, cam.center  # world directions (not unit: t_hit is the z depth)
+
+    def render(self, cam: Camera, light_dir: np.ndarray | None = None) -> RenderedView:
+        dirs, origin = self.rays(cam)
+        rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], -1).astype(np.float32)
+        hit = self.scene.cast_rays(o3d.core.Tensor(rays))
+        t = hit["t_hit"].numpy()
+        prim = hit["primitive_ids"].numpy().astype(np.int64)
+        bary = hit["primitive_uvs"].numpy()
+        mask = np.isfinite(t)
+        depth = np.where(mask, t, np.nan).astype(np.float32)  # dirs have camera z = 1, so t is z depth
+        R = cam.world_to_camera[:3, :3]
+        fid = np.where(mask, prim, 0)
+        n_world = self.face_normals[fid]
+        n_cam = n_world @ R.T
+        # face the camera: n . ray <= 0
+        ray_cam = dirs @ R.T
+        flip = np.sum(n_cam * ray_cam, -1) > 0
+        n_cam[flip] *= -1
+        n_cam[~mask] = np.nan
+        albedo = self._albedo(fid, bary)
+        # direction towards the light, camera frame: above-left of and behind the camera
+        light = np.array([-0.3, -0.6, -0.75]) if light_dir is None else np.asarray(light_dir, float)
+        light = light / np.linalg.norm(light)
+        shade = 0.35 + 0.65 * np.clip(np.sum(n_cam * light, -1), 0, 1)
+        image = albedo * np.nan_to_num(shade)[..., None]
+        image[~mask] = self.background
+        return RenderedView(cam, np.clip(image, 0, 1).astype(np.float32), depth, n_cam.astype(np.float32), mask)
+
+    def _albedo(self, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
+        m = self.mesh
+        f = m.faces[fid]
+        w1, w2 = bary[..., 0:1], bary[..., 1:2]
+        w0 = 1 - w1 - w2
+        if m.texture is not None and m.uv is not None:
+            uv = w0 * m.uv[f[..., 0]] + w1 * m.uv[f[..., 1]] + w2 * m.uv[f[..., 2]]
+            th, tw = m.texture.shape[:2]
+            x = np.mod(uv[..., 0], 1.0) * (tw - 1)
+            y = (1 - np.mod(uv[..., 1], 1.0)) * (th - 1)
+            return np.stack(
+                [ndimage.map_coordinates(m.texture[..., c], [y, x], order=1, mode="nearest") for c in range(3)], -1
+            ).astype(np.float32)
+        if m.vertex_colors is not None:
+            vc = m.vertex_colors
+            return (w0 * vc[f[..., 0]] + w1 * vc[f[..., 1]] + w2 * vc[f[..., 2]]).astype(np.float32)
+        # procedural texture from the 3D position, so that SIFT finds features on untextured meshes
+        p = w0 * m.vertices[f[..., 0]] + w1 * m.vertices[f[..., 1]] + w2 * m.vertices[f[..., 2]]
+        s = 40.0 / np.linalg.norm(np.ptp(m.vertices, 0))
+        g = 0.5 + 0.25 * (np.sin(p[..., 0] * s * 3.1) * np.sin(p[..., 1] * s * 2.3) + np.sin(p[..., 2] * s * 4.7))
+        return np.repeat(np.clip(g, 0, 1)[..., None], 3, -1).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- sparse SfM points
+@dataclass
+class SparsePoints:
+    """SfM-like points: xyz (P, 3) world, rgb (P, 3) uint8, and per view the observations.
+
+    ``tracks[i]`` is a list of (view index, u, v) in OpenCV pixel coordinates.
+    """
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    tracks: list[list[tuple[int, float, float]]] = field(default_factory=list)
+
+
+def sample_sparse_points(
+    renderer: Renderer,
+    views: list[RenderedView],
+    n: int = 4000,
+    min_views: int = 2,
+    noise: float = 0.0,
+    outlier_fraction: float = 0.0,
+    seed: int = 0,
+) -> SparsePoints:
+    """Surface points visible (depth test) in at least ``min_views`` views, with their tracks.
+
+    Args:
+        noise: std of Gaussian 3D noise, as a fraction of the scene's bounding-box diagonal.
+        outlier_fraction: fraction of points moved along a viewing ray by 5-40 % of their depth
+            (wrong matches triangulated at a wrong depth, as SfM outliers are).
+    """
+    rng = np.random.default_rng(seed)
+    tm = renderer.mesh.to_trimesh()
+    pts, fids = trimesh.sample.sample_surface(tm, n * 3, seed=int(rng.integers(1 << 31)))
+    pts = np.asarray(pts)
+    diag = float(np.linalg.norm(np.ptp(renderer.mesh.vertices, 0)))
+    obs: list[list[tuple[int, float, float]]] = [[] for _ in range(len(pts))]
+    for vi, view in enumerate(views):
+        cam = view.camera
+        pc = pts @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+        z = pc[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = (pc @ cam.K.T)[:, :2] / z[:, None]
+        ui, vi_ = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
+        ok = (z > 0) & (ui >= 0) & (ui < cam.width) & (vi_ >= 0) & (vi_ < cam.height)
+        idx = np.nonzero(ok)[0]
+        dz = view.depth[vi_[idx], ui[idx]]
+        vis = idx[np.abs(dz - z[idx]) < 0.003 * diag + 0.01 * z[idx]]
+        for p in vis:
+            obs[p].append((vi, float(uv[p, 0]), float(uv[p, 1])))
+    keep = [i for i in range(len(pts)) if len(obs[i]) >= min_views][:n]
+    xyz = pts[keep].copy()
+    tracks = [obs[i] for i in keep]
+    if noise > 0:
+        xyz += rng.normal(0, noise * diag, xyz.shape)
+    n_out = int(round(outlier_fraction * len(xyz)))
+    if n_out:
+        for i in rng.choice(len(xyz), n_out, replace=False):
+            view = views[tracks[i][0][0]]
+            c = view.camera.center
+            factor = rng.choice([-1, 1]) * rng.uniform(0.05, 0.4)
+            xyz[i] = c + (xyz[i] - c) * (1 + factor)
+    rgb = np.zeros((len(xyz), 3), np.uint8)
+    for i, tr in enumerate(tracks):
+        vi, u, v = tr[0]
+        rgb[i] = (views[vi].image[int(round(v)), int(round(u))] * 255).astype(np.uint8)
+    return SparsePoints(xyz, rgb, tracks)
+
+
+# -------------------------------------------------------------------------- simulated predictions
+def smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 3) -> np.ndarray:
+    """A smooth random field in [-1, 1] with about ``cells`` bumps across the image (bicubic)."""
+    h, w = shape
+    gh, gw = cells + 1, max(2, int(round((cells + 1) * w / h)))
+    grid = rng.uniform(-1, 1, (gh, gw))
+    out = ndimage.zoom(grid, (h / gh, w / gw), order=3, mode="nearest")[:h, :w]
+    out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
+    m = np.abs(out).max()
+    return out / m if m > 0 else out
+
+
+def normalize_disparity(disp: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Lotus's training target: disparity mapped between its 2 % and 98 % quantiles to [0, 1]."""
+    lo, hi = np.quantile(disp[mask], [0.02, 0.98])
+    return np.clip((disp - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def simulate_prediction(
+    view: RenderedView,
+    rng: np.random.Generator,
+    warp: float = 0.04,
+    noise: float = 0.005,
+    normal_noise_deg: float = 3.0,
+    kind: Literal["disparity", "depth"] = "disparity",
+) -> Prediction:
+    """What a monocular model predicts for ``view``: affine-invariant, warped, noisy.
+
+    Disparity 1/z (or depth z) is normalised per image to [0, 1] by its 2-98 % quantiles, then
+    multiplied by a smooth low-frequency warp ``1 + warp * field`` and perturbed by Gaussian
+    noise of std ``noise``; the background (no surface) is 0 disparity (far) plus noise. Normals
+    get Gaussian angular noise of ``normal_noise_deg`` degrees. :mod:`lotus3d.simulate` adds the
+    richer, calibrated error model.
+    """
+    mask = view.mask
+    z = np.where(mask, view.depth, np.nan)
+    target = 1.0 / z if kind == "disparity" else z
+    p = normalize_disparity(np.nan_to_num(target, nan=0.0), mask)
+    p = p * (1 + warp * smooth_field(p.shape, rng)) + rng.normal(0, noise, p.shape)
+    if kind == "disparity":
+        p[~mask] = np.abs(rng.normal(0, noise, (~mask).sum()))
+    else:
+        p[~mask] = 1.0
+    n = noisy_normals(view.normal, rng, normal_noise_deg)
+    return Prediction(depth=np.clip(p, 0, 1).astype(np.float32), kind=kind, normal=n)
+
+
+def noisy_normals(normal: np.ndarray, rng: np.random.Generator, deg: float) -> np.ndarray:
+    """Unit normals with independent Gaussian angular noise (NaN -> facing the camera)."""
+    n = np.nan_to_num(normal, nan=0.0).copy()
+    n[~np.isfinite(normal).all(-1)] = (0, 0, -1)
+    n = n + rng.normal(0, np.radians(deg), n.shape)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    return n.astype(np.float32)

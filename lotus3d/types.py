@@ -1,0 +1,95 @@
+"""Small shared types that cross stage boundaries.
+
+Conventions (README, "Conventions"): camera frame OpenCV (x right, y down, z forward); poses are
+world-to-camera; depth is in scene units along +z; disparity = 1 / depth; normals are unit length,
+in the camera frame, facing the camera (n · p <= 0 for a camera-space point p on the surface).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+DepthKind = Literal["disparity", "depth"]
+NORMAL_FRAME = "opencv_camera_facing"
+
+
+@dataclass
+class Camera:
+    """A pinhole camera.
+
+    Attributes:
+        K: (3, 3) intrinsics in pixels (OpenCV; pixel centres at integer coordinates).
+        world_to_camera: (4, 4) rigid transform, x_cam = R @ x_world + t.
+        width, height: image size in pixels.
+    """
+
+    K: np.ndarray
+    world_to_camera: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        """(4, 4) inverse of ``world_to_camera``."""
+        R, t = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
+        out = np.eye(4)
+        out[:3, :3] = R.T
+        out[:3, 3] = -R.T @ t
+        return out
+
+    @property
+    def center(self) -> np.ndarray:
+        """(3,) camera centre in world coordinates."""
+        return self.camera_to_world[:3, 3]
+
+    def scaled(self, width: int, height: int) -> Camera:
+        """The same camera for an image resized to ``width`` x ``height``."""
+        sx, sy = width / self.width, height / self.height
+        K = self.K.astype(np.float64).copy()
+        K[0, :] *= sx
+        K[1, :] *= sy
+        # keep the pixel-centre convention: (c + 0.5) * s - 0.5
+        K[0, 2] = (self.K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (self.K[1, 2] + 0.5) * sy - 0.5
+        return Camera(K=K, world_to_camera=self.world_to_camera.copy(), width=width, height=height)
+
+
+@dataclass
+class Prediction:
+    """One view's dense prediction, at the image's resolution.
+
+    Attributes:
+        depth: (H, W) float32 affine-invariant depth or disparity (see ``kind``), NaN where invalid.
+        kind: "disparity" (near = large) or "depth" (near = small).
+        normal: (H, W, 3) float32 unit normals, OpenCV camera frame, facing the camera; or None.
+    """
+
+    depth: np.ndarray
+    kind: DepthKind
+    normal: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.depth.shape[:2]
+
+
+@dataclass
+class Alignment:
+    """How one view's prediction was brought to the scene's scale.
+
+    ``scale`` and ``shift`` act in the prediction's own space: s * p + t approximates 1/z for
+    disparity, z for depth. ``ok`` is False for a view that was excluded.
+    """
+
+    scale: float
+    shift: float
+    kind: DepthKind
+    num_points: int = 0
+    num_inliers: int = 0
+    residual_percentiles: dict[str, float] = field(default_factory=dict)
+    ok: bool = True
+    reason: str = ""
+    method: str = ""

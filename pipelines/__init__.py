@@ -1,0 +1,1 @@
+"""End-to-end pipelines composed from the stages in lotus3d/."""
