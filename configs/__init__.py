@@ -2,5 +2,6 @@
 
 from .base import add_arguments, from_args, load_yaml, to_dict
 from .predict import PredictConfig
+from .reconstruct import ReconstructConfig
 
-__all__ = ["PredictConfig", "add_arguments", "from_args", "load_yaml", "to_dict"]
+__all__ = ["PredictConfig", "ReconstructConfig", "add_arguments", "from_args", "load_yaml", "to_dict"]

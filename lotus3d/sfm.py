@@ -110,7 +110,7 @@ def from_pycolmap(rec) -> SfMModel:
             maps[image.name] = m
         uv, pids = [], []
         for p2d in image.points2D:
-            if p2d.has_point3D():
+            if p2d.has_point3D() and p2d.point3D_id in index:
                 uv.append(np.asarray(p2d.xy, np.float64) - 0.5)
                 pids.append(index[p2d.point3D_id])
         uv_arr = np.array(uv, np.float64).reshape(-1, 2)
@@ -178,10 +178,8 @@ def write_model_text(model: SfMModel, path: str | Path) -> None:
         f.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
         for cid, name in enumerate(names, start=1):
             c = model.cameras[name]
-            f.write(
-                f"{cid} PINHOLE {c.width} {c.height} {c.K[0, 0]!r} {c.K[1, 1]!r} "
-                f"{c.K[0, 2] + 0.5!r} {c.K[1, 2] + 0.5!r}\n"
-            )
+            params = (c.K[0, 0], c.K[1, 1], c.K[0, 2] + 0.5, c.K[1, 2] + 0.5)
+            f.write(f"{cid} PINHOLE {c.width} {c.height} {_nums(params)}\n")
     with atomic_write(path / "images.txt", "w") as f:
         f.write(
             "# Image list with two lines of data per image:\n"
@@ -191,7 +189,7 @@ def write_model_text(model: SfMModel, path: str | Path) -> None:
             T = model.cameras[name].world_to_camera
             q = rotation_to_quaternion(T[:3, :3])
             t = T[:3, 3]
-            f.write(f"{img_id} {q[0]!r} {q[1]!r} {q[2]!r} {q[3]!r} {t[0]!r} {t[1]!r} {t[2]!r} {img_id} {name}\n")
+            f.write(f"{img_id} {_nums(q)} {_nums(t)} {img_id} {name}\n")
             f.write(" ".join(f"{x:.4f} {y:.4f} {pid}" for x, y, pid in per_view_pts[name]) + "\n")
     with atomic_write(path / "points3D.txt", "w") as f:
         f.write(
@@ -203,7 +201,11 @@ def write_model_text(model: SfMModel, path: str | Path) -> None:
             if not tracks[i]:
                 continue
             tr = " ".join(f"{a} {b}" for a, b in tracks[i])
-            f.write(f"{i + 1} {p[0]!r} {p[1]!r} {p[2]!r} {c[0]} {c[1]} {c[2]} {float(errs[i])!r} {tr}\n")
+            f.write(f"{i + 1} {_nums(p)} {c[0]} {c[1]} {c[2]} {_nums([errs[i]])} {tr}\n")
+
+
+def _nums(values) -> str:
+    return " ".join(f"{float(x):.17g}" for x in values)
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
@@ -245,6 +247,7 @@ def run_sfm(
     """
     import pycolmap
 
+    pycolmap.logging.minloglevel = 2 if log.getEffectiveLevel() > logging.DEBUG else 0  # COLMAP's own log
     image_dir, work_dir = Path(image_dir), Path(work_dir)
     names = sorted(p.name for p in image_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if work_dir.exists():

@@ -177,73 +177,119 @@ class RenderedView:
 
 
 class Renderer:
-    """Ray casts a :class:`TexturedMesh` (Open3D RaycastingScene) with texture and Lambert shading."""
+    """Ray casts one or more :class:`TexturedMesh` (Open3D RaycastingScene): texture x Lambert shading."""
 
-    def __init__(self, mesh: TexturedMesh, background: tuple[float, float, float] = (0.0, 0.0, 0.0)):
-        self.mesh = mesh
+    def __init__(self, meshes: TexturedMesh | list[TexturedMesh], background: tuple[float, float, float] = (0, 0, 0)):
+        self.meshes = [meshes] if isinstance(meshes, TexturedMesh) else list(meshes)
         self.scene = o3d.t.geometry.RaycastingScene()
-        self.scene.add_triangles(mesh.to_open3d())
-        v, f = mesh.vertices, mesh.faces
-        fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-        self.face_normals = fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12)
+        self.face_normals = []
+        for m in self.meshes:
+            self.scene.add_triangles(m.to_open3d())
+            v, f = m.vertices, m.faces
+            fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+            self.face_normals.append(fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12))
         self.background = np.asarray(background, np.float32)
 
-    def rays(self, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-        """Per-pixel ray directions in world (H, W, 3), unit z in camera frame, and the centre."""
-        u, v = np.meshgrid(np.arange(cam.width), np.arange(cam.height))
-        pix = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64)
-        d_cam = pix @ np.linalg.inv(cam.K).T  # z = 1
-        R = cam.world_to_camera[:3, :3]
-        return d_cam @ R, cam.center  # world directions (not unit: t_hit is the z depth)
+    @property
+    def mesh(self) -> TexturedMesh:
+        """All meshes merged into one (geometry only)."""
+        return merge_meshes(self.meshes)
 
     def render(self, cam: Camera, light_dir: np.ndarray | None = None) -> RenderedView:
-        dirs, origin = self.rays(cam)
-        rays = np.concatenate([np.broadcast_to(origin, dirs.shape), dirs], -1).astype(np.float32)
+        h, w = cam.height, cam.width
+        u, v = np.meshgrid(np.arange(w), np.arange(h))
+        d_cam = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64) @ np.linalg.inv(cam.K).T  # z = 1
+        R = cam.world_to_camera[:3, :3]
+        dirs = d_cam @ R  # world directions whose camera z is 1: t_hit is the z depth
+        rays = np.concatenate([np.broadcast_to(cam.center, dirs.shape), dirs], -1).astype(np.float32)
         hit = self.scene.cast_rays(o3d.core.Tensor(rays))
         t = hit["t_hit"].numpy()
+        gid = hit["geometry_ids"].numpy().astype(np.int64)
         prim = hit["primitive_ids"].numpy().astype(np.int64)
         bary = hit["primitive_uvs"].numpy()
         mask = np.isfinite(t)
-        depth = np.where(mask, t, np.nan).astype(np.float32)  # dirs have camera z = 1, so t is z depth
-        R = cam.world_to_camera[:3, :3]
-        fid = np.where(mask, prim, 0)
-        n_world = self.face_normals[fid]
+        depth = np.where(mask, t, np.nan).astype(np.float32)
+        n_world = np.zeros((h, w, 3))
+        albedo = np.zeros((h, w, 3), np.float32)
+        for g, m in enumerate(self.meshes):
+            sel = mask & (gid == g)
+            if sel.any():
+                n_world[sel] = self.face_normals[g][prim[sel]]
+                albedo[sel] = _albedo(m, prim[sel], bary[sel])
         n_cam = n_world @ R.T
-        # face the camera: n . ray <= 0
-        ray_cam = dirs @ R.T
-        flip = np.sum(n_cam * ray_cam, -1) > 0
+        flip = np.sum(n_cam * d_cam, -1) > 0  # face the camera: n . ray <= 0
         n_cam[flip] *= -1
         n_cam[~mask] = np.nan
-        albedo = self._albedo(fid, bary)
         # direction towards the light, camera frame: above-left of and behind the camera
         light = np.array([-0.3, -0.6, -0.75]) if light_dir is None else np.asarray(light_dir, float)
         light = light / np.linalg.norm(light)
-        shade = 0.35 + 0.65 * np.clip(np.sum(n_cam * light, -1), 0, 1)
-        image = albedo * np.nan_to_num(shade)[..., None]
+        shade = 0.35 + 0.65 * np.clip(np.sum(np.nan_to_num(n_cam) * light, -1), 0, 1)
+        image = albedo * shade[..., None]
         image[~mask] = self.background
         return RenderedView(cam, np.clip(image, 0, 1).astype(np.float32), depth, n_cam.astype(np.float32), mask)
 
-    def _albedo(self, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
-        m = self.mesh
-        f = m.faces[fid]
-        w1, w2 = bary[..., 0:1], bary[..., 1:2]
-        w0 = 1 - w1 - w2
-        if m.texture is not None and m.uv is not None:
-            uv = w0 * m.uv[f[..., 0]] + w1 * m.uv[f[..., 1]] + w2 * m.uv[f[..., 2]]
-            th, tw = m.texture.shape[:2]
-            x = np.mod(uv[..., 0], 1.0) * (tw - 1)
-            y = (1 - np.mod(uv[..., 1], 1.0)) * (th - 1)
-            return np.stack(
-                [ndimage.map_coordinates(m.texture[..., c], [y, x], order=1, mode="nearest") for c in range(3)], -1
-            ).astype(np.float32)
-        if m.vertex_colors is not None:
-            vc = m.vertex_colors
-            return (w0 * vc[f[..., 0]] + w1 * vc[f[..., 1]] + w2 * vc[f[..., 2]]).astype(np.float32)
-        # procedural texture from the 3D position, so that SIFT finds features on untextured meshes
-        p = w0 * m.vertices[f[..., 0]] + w1 * m.vertices[f[..., 1]] + w2 * m.vertices[f[..., 2]]
-        s = 40.0 / np.linalg.norm(np.ptp(m.vertices, 0))
-        g = 0.5 + 0.25 * (np.sin(p[..., 0] * s * 3.1) * np.sin(p[..., 1] * s * 2.3) + np.sin(p[..., 2] * s * 4.7))
-        return np.repeat(np.clip(g, 0, 1)[..., None], 3, -1).astype(np.float32)
+
+def _albedo(m: TexturedMesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(N, 3) surface colour at barycentric positions ``bary`` (N, 2) of faces ``fid`` (N,)."""
+    f = m.faces[fid]
+    w1, w2 = bary[:, 0:1], bary[:, 1:2]
+    w0 = 1 - w1 - w2
+    if m.texture is not None and m.uv is not None:
+        uv = w0 * m.uv[f[:, 0]] + w1 * m.uv[f[:, 1]] + w2 * m.uv[f[:, 2]]
+        th, tw = m.texture.shape[:2]
+        x = np.mod(uv[:, 0], 1.0) * (tw - 1)
+        y = (1 - np.mod(uv[:, 1], 1.0)) * (th - 1)
+        return np.stack(
+            [ndimage.map_coordinates(m.texture[..., c], [y, x], order=1, mode="nearest") for c in range(3)], -1
+        ).astype(np.float32)
+    if m.vertex_colors is not None:
+        vc = m.vertex_colors
+        return (w0 * vc[f[:, 0]] + w1 * vc[f[:, 1]] + w2 * vc[f[:, 2]]).astype(np.float32)
+    # procedural texture from the 3D position, so that SIFT finds features on untextured meshes
+    p = w0 * m.vertices[f[:, 0]] + w1 * m.vertices[f[:, 1]] + w2 * m.vertices[f[:, 2]]
+    s = 40.0 / np.linalg.norm(np.ptp(m.vertices, 0))
+    g = 0.5 + 0.25 * (np.sin(p[:, 0] * s * 3.1) * np.sin(p[:, 1] * s * 2.3) + np.sin(p[:, 2] * s * 4.7))
+    return np.repeat(np.clip(g, 0, 1)[:, None], 3, -1).astype(np.float32)
+
+
+def merge_meshes(meshes: list[TexturedMesh]) -> TexturedMesh:
+    """Geometry of several meshes as one (no colour)."""
+    verts, faces, off = [], [], 0
+    for m in meshes:
+        verts.append(m.vertices)
+        faces.append(m.faces + off)
+        off += len(m.vertices)
+    return TexturedMesh(np.concatenate(verts), np.concatenate(faces))
+
+
+def transformed(
+    mesh: TexturedMesh, scale: float = 1.0, rotation: np.ndarray | None = None, translation: np.ndarray | None = None
+) -> TexturedMesh:
+    """A copy of ``mesh`` with vertices ``scale * R @ v + t``."""
+    R = np.eye(3) if rotation is None else rotation
+    t = np.zeros(3) if translation is None else translation
+    v = scale * mesh.vertices @ R.T + t
+    return TexturedMesh(v, mesh.faces.copy(), mesh.uv, mesh.texture, mesh.vertex_colors)
+
+
+def textured_floor(
+    center: np.ndarray, size: float, height: float, rng: np.random.Generator, up_axis: int = 1, resolution: int = 1024
+) -> TexturedMesh:
+    """A square floor (two triangles) of side ``size`` at ``height`` along ``up_axis``, with a random
+    multi-scale stone-like texture (plenty of SIFT features)."""
+    a, b = [i for i in range(3) if i != up_axis]
+    corners = np.zeros((4, 3))
+    for k, (da, db) in enumerate([(-1, -1), (1, -1), (1, 1), (-1, 1)]):
+        corners[k, a] = center[a] + da * size / 2
+        corners[k, b] = center[b] + db * size / 2
+        corners[k, up_axis] = height
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64)
+    tex = np.zeros((resolution, resolution, 3))
+    for cells, amp in ((8, 0.5), (32, 0.3), (128, 0.25), (512, 0.15)):
+        g = rng.uniform(-1, 1, (cells, cells, 3))
+        tex += amp * ndimage.zoom(g, (resolution / cells, resolution / cells, 1), order=1)[:resolution, :resolution]
+    tex = np.clip(0.5 + 0.5 * tex * np.array([0.9, 0.8, 0.7]), 0, 1).astype(np.float32)
+    return TexturedMesh(corners, np.array([[0, 1, 2], [0, 2, 3]]), uv, tex)
 
 
 # ------------------------------------------------------------------------------- sparse SfM points
@@ -272,8 +318,8 @@ def sample_sparse_points(
 
     Args:
         noise: std of Gaussian 3D noise, as a fraction of the scene's bounding-box diagonal.
-        outlier_fraction: fraction of points moved along a viewing ray by 5-40 % of their depth
-            (wrong matches triangulated at a wrong depth, as SfM outliers are).
+        outlier_fraction: fraction of points moved along a viewing ray to between 0.4 and 2.5 times
+            their distance (wrong matches triangulated at a wrong depth, as SfM outliers are).
     """
     rng = np.random.default_rng(seed)
     tm = renderer.mesh.to_trimesh()
@@ -304,8 +350,8 @@ def sample_sparse_points(
         for i in rng.choice(len(xyz), n_out, replace=False):
             view = views[tracks[i][0][0]]
             c = view.camera.center
-            factor = rng.choice([-1, 1]) * rng.uniform(0.05, 0.4)
-            xyz[i] = c + (xyz[i] - c) * (1 + factor)
+            factor = np.exp(rng.choice([-1, 1]) * rng.uniform(0.15, 0.9))
+            xyz[i] = c + (xyz[i] - c) * factor
     rgb = np.zeros((len(xyz), 3), np.uint8)
     for i, tr in enumerate(tracks):
         vi, u, v = tr[0]
@@ -341,21 +387,22 @@ def simulate_prediction(
 ) -> Prediction:
     """What a monocular model predicts for ``view``: affine-invariant, warped, noisy.
 
-    Disparity 1/z (or depth z) is normalised per image to [0, 1] by its 2-98 % quantiles, then
-    multiplied by a smooth low-frequency warp ``1 + warp * field`` and perturbed by Gaussian
-    noise of std ``noise``; the background (no surface) is 0 disparity (far) plus noise. Normals
-    get Gaussian angular noise of ``normal_noise_deg`` degrees. :mod:`lotus3d.simulate` adds the
-    richer, calibrated error model.
+    Like Lotus's training target, disparity 1/z (background, i.e. no surface, = 0) is normalised
+    per image to [0, 1] by its 2-98 % quantiles over all pixels; then it is multiplied by a smooth
+    low-frequency warp ``1 + warp * field`` and perturbed by Gaussian noise of std ``noise``.
+    ``kind="depth"`` normalises depth instead (background at the far end). Normals get Gaussian
+    angular noise of ``normal_noise_deg`` degrees. :mod:`lotus3d.simulate` adds the richer,
+    calibrated error model.
     """
     mask = view.mask
-    z = np.where(mask, view.depth, np.nan)
-    target = 1.0 / z if kind == "disparity" else z
-    p = normalize_disparity(np.nan_to_num(target, nan=0.0), mask)
-    p = p * (1 + warp * smooth_field(p.shape, rng)) + rng.normal(0, noise, p.shape)
+    with np.errstate(divide="ignore"):
+        disp = np.where(mask, 1.0 / view.depth, 0.0)
     if kind == "disparity":
-        p[~mask] = np.abs(rng.normal(0, noise, (~mask).sum()))
+        p = normalize_disparity(disp, np.ones_like(mask))
     else:
-        p[~mask] = 1.0
+        far = np.nanmax(view.depth[mask]) * 1.5
+        p = normalize_disparity(np.where(mask, view.depth, far), np.ones_like(mask))
+    p = p * (1 + warp * smooth_field(p.shape, rng)) + rng.normal(0, noise, p.shape)
     n = noisy_normals(view.normal, rng, normal_noise_deg)
     return Prediction(depth=np.clip(p, 0, 1).astype(np.float32), kind=kind, normal=n)
 
@@ -367,3 +414,130 @@ def noisy_normals(normal: np.ndarray, rng: np.random.Generator, deg: float) -> n
     n = n + rng.normal(0, np.radians(deg), n.shape)
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     return n.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- scene folders
+PRESETS = ("orbit", "objects")
+
+
+def bundled_cow() -> Path:
+    """The public-domain Spot cow shipped in the package (see lotus3d/data/spot_cow/SOURCE.txt)."""
+    return Path(__file__).resolve().parent / "data" / "spot_cow" / "cow.obj"
+
+
+def preset_meshes(preset: str, seed: int = 0, extra_mesh: str | Path | None = None) -> list[TexturedMesh]:
+    """Meshes of a preset scene, y up, in metres-like units.
+
+    - "orbit": the Spot cow (about 1.7 long) on a textured floor.
+    - "objects": two cows and a bottle (``extra_mesh``, default the cow again, scaled) on a floor.
+    """
+    rng = np.random.default_rng(seed)
+    cow = load_mesh(bundled_cow())
+    floor_y = cow.vertices[:, 1].min()
+    if preset == "orbit":
+        return [cow, textured_floor(np.zeros(3), 3.2, floor_y, rng)]
+    if preset == "objects":
+
+        def rot_y(deg: float) -> np.ndarray:
+            c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+            return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+        small = transformed(cow, 0.6, rot_y(70), np.array([1.2, floor_y - 0.6 * cow.vertices[:, 1].min(), 0.9]))
+        objs = [cow, small]
+        if extra_mesh is not None:
+            other = load_mesh(extra_mesh)
+            z_up_to_y_up = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)
+            ext = float(np.ptp(other.vertices, 0).max())
+            o = transformed(other, 0.9 / ext, z_up_to_y_up)
+            o = transformed(o, 1.0, None, np.array([-1.1, floor_y - o.vertices[:, 1].min(), -0.8]))
+            objs.append(o)
+        return objs + [textured_floor(np.zeros(3), 5.0, floor_y, rng)]
+    raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+
+
+def preset_cameras(
+    preset: str, meshes: list[TexturedMesh], n: int, width: int, height: int, seed: int = 0
+) -> list[Camera]:
+    """Cameras orbiting the objects (not the floor) of a preset."""
+    objects = merge_meshes(meshes[:-1])
+    dist = 2.3 if preset == "orbit" else 2.0
+    return orbit_cameras(objects, n, width, height, fov_deg=55.0, distance=dist, elevations=(12.0, 38.0), seed=seed)
+
+
+def write_scene(
+    out: str | Path,
+    preset: str = "orbit",
+    n_views: int = 24,
+    width: int = 640,
+    height: int = 480,
+    seed: int = 0,
+    sparse_points: int = 3000,
+    sparse_noise: float = 0.0005,
+    outlier_fraction: float = 0.05,
+    prediction: str = "simple",
+    extra_mesh: str | Path | None = None,
+) -> dict:
+    """Render a preset scene into a folder that ``lotus3d reconstruct`` reads.
+
+    Writes ``images/``, ``sparse/0/`` (COLMAP text model with the exact poses and SfM-like points),
+    ``predictions/`` (simulated; see :func:`simulate_prediction` and :mod:`lotus3d.simulate`),
+    ``gt/mesh.ply``, ``gt/depth/<stem>.npy`` and ``scene.json``. Returns the scene description.
+    """
+    from .cache import CacheMeta, PredictionCache
+    from .io import save_image, save_json, save_npy
+    from .mesh import Mesh, export_mesh
+    from .sfm import SfMModel, ViewObservations, write_model_text
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    meshes = preset_meshes(preset, seed, extra_mesh)
+    renderer = Renderer(meshes)
+    cams = preset_cameras(preset, meshes, n_views, width, height, seed)
+    views = [renderer.render(c) for c in cams]
+    names = [f"view_{i:03d}.png" for i in range(n_views)]
+    for name, v in zip(names, views, strict=True):
+        save_image(out / "images" / name, v.image)
+        save_npy(out / "gt" / "depth" / f"{Path(name).stem}.npy", v.depth)
+    sp = sample_sparse_points(
+        renderer, views, sparse_points, noise=sparse_noise, outlier_fraction=outlier_fraction, seed=seed
+    )
+    obs = {n: ([], []) for n in names}
+    for pid, track in enumerate(sp.tracks):
+        for vi, u, v in track:
+            obs[names[vi]][0].append((u, v))
+            obs[names[vi]][1].append(pid)
+    model = SfMModel(
+        cameras=dict(zip(names, cams, strict=True)),
+        points=sp.xyz,
+        colors=sp.rgb,
+        observations={
+            n: ViewObservations(np.array(uv, float).reshape(-1, 2), np.array(p, np.int64)) for n, (uv, p) in obs.items()
+        },
+    )
+    write_model_text(model, out / "sparse" / "0")
+    cache = PredictionCache(out / "predictions")
+    cache.write_meta(CacheMeta("disparity", f"simulated-{prediction}", f"simulated-{prediction}"))
+    for name, v in zip(names, views, strict=True):
+        if prediction == "realistic":
+            from .simulate import simulate_realistic
+
+            pred = simulate_realistic(v, rng)
+        else:
+            pred = simulate_prediction(v, rng)
+        cache.write(Path(name).stem, pred)
+    gt = merge_meshes(meshes)
+    export_mesh(Mesh(gt.vertices, gt.faces), out / "gt" / "mesh.ply")
+    info = {
+        "synthetic": True,
+        "preset": preset,
+        "views": n_views,
+        "size": [width, height],
+        "seed": seed,
+        "predictions": f"simulated ({prediction}): not Lotus output",
+        "sparse_points": len(sp.xyz),
+        "sparse_noise": sparse_noise,
+        "outlier_fraction": outlier_fraction,
+        "source_meshes": ["lotus3d/data/spot_cow/cow.obj"] + ([str(extra_mesh)] if extra_mesh else []),
+    }
+    save_json(out / "scene.json", info)
+    return info

@@ -93,3 +93,4 @@ class Alignment:
     ok: bool = True
     reason: str = ""
     method: str = ""
+    support: tuple[float, float] | None = None  # prediction range spanned by the view's points (2-98 %)

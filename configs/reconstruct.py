@@ -1,0 +1,40 @@
+"""Settings of scene reconstruction (``lotus3d reconstruct``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .base import setting
+
+
+@dataclass
+class ReconstructConfig:
+    # poses
+    colmap: str | None = setting(
+        None, "existing COLMAP model folder (text or binary); default SCENE/sparse/0 if present, else run SfM"
+    )
+    matcher: Literal["auto", "exhaustive", "sequential"] = setting(
+        "auto", "SfM matching: exhaustive for up to 60 images, sequential (ordered frames) beyond"
+    )
+    camera_mode: Literal["auto", "single", "per_image"] = setting(
+        "auto", "SfM cameras: auto shares one per image size and EXIF focal; per_image for mixed cameras"
+    )
+    sfm_max_image_size: int = setting(1600, "longest edge SIFT sees, in pixels")
+    # alignment
+    alignment: Literal["robust", "lstsq"] = setting(
+        "robust", "per-view scale/shift: robust (LMedS + Cauchy IRLS) or plain least squares (baseline)"
+    )
+    min_points: int = setting(8, "a view needs this many sparse points to be aligned")
+    # fusion
+    voxel_size: float | None = setting(None, "TSDF voxel size in scene units (default: scene extent / resolution)")
+    resolution: int = setting(320, "voxels across the scene's extent when voxel_size is not given")
+    trunc_voxels: float = setting(5.0, "TSDF truncation distance, in voxels")
+    weight_threshold: float = setting(1.0, "marching cubes keeps voxels integrated at least this many times")
+    edge_threshold: float = setting(0.04, "relative depth jump between neighbour pixels that marks an edge")
+    max_grazing_deg: float = setting(78.0, "drop pixels seen more obliquely than this (from predicted normals)")
+    far_factor: float = setting(1.5, "drop pixels deeper than this times the view's 98th-percentile point depth")
+    # mesh
+    min_component_fraction: float = setting(0.02, "drop mesh pieces smaller than this fraction of the largest")
+    simplify: int = setting(0, "decimate the mesh to this many triangles (0: keep all)")
+    formats: str = setting("ply,glb", "mesh formats to write, comma-separated (ply, glb, obj)")

@@ -1,0 +1,349 @@
+"""Photos -> coloured mesh: poses, predictions, per-view alignment, TSDF fusion, mesh.
+
+Reads top to bottom like the steps it runs. Outputs (the contract other tools rely on)::
+
+    OUT/mesh.ply (+ mesh.glb / mesh.obj)   the mesh, vertex colours, scene units
+    OUT/sparse/                            the COLMAP model used (text; pinhole cameras)
+    OUT/depth/<stem>.npy                   aligned depth, float32 [H, W], scene units, NaN = none
+    OUT/report.json                        per-view alignment, per-stage timings, settings, versions
+
+Every file is written atomically. A finished stage is skipped on a re-run when its settings and
+inputs are unchanged (``OUT/.state.json``), unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lotus3d import align, fuse, mesh, sfm
+from lotus3d.cache import PredictionCache
+from lotus3d.configs import PredictConfig, ReconstructConfig, to_dict
+from lotus3d.errors import InputError, ReconstructionError
+from lotus3d.io import image_size, list_images, load_image, load_json, save_json, save_npy
+from lotus3d.pipelines.predict import predict_scene, scene_images_dir
+from lotus3d.types import Alignment, Camera
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconstructResult:
+    out: Path
+    mesh_paths: list[Path]
+    report: dict
+    views: dict[str, Alignment] = field(default_factory=dict)
+
+
+class _State:
+    """Fingerprints of finished stages, so that a re-run resumes."""
+
+    def __init__(self, out: Path, force: bool):
+        self.path = out / ".state.json"
+        self.data = {} if force or not self.path.is_file() else load_json(self.path)
+
+    def done(self, stage: str, fingerprint: str) -> bool:
+        return self.data.get(stage) == fingerprint
+
+    def mark(self, stage: str, fingerprint: str) -> None:
+        self.data[stage] = fingerprint
+        save_json(self.path, self.data)
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reconstruct(
+    scene: str | Path,
+    out: str | Path | None = None,
+    cfg: ReconstructConfig | None = None,
+    predict_cfg: PredictConfig | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ReconstructResult:
+    """Reconstruct ``scene`` (photos in SCENE/images or SCENE) into ``out`` (default SCENE/lotus3d)."""
+    cfg = cfg or ReconstructConfig()
+    predict_cfg = predict_cfg or PredictConfig()
+    scene = Path(scene)
+    if not scene.is_dir():
+        raise InputError(f"scene folder not found: {scene}")
+    out = Path(out) if out else scene / "lotus3d"
+    out.mkdir(parents=True, exist_ok=True)
+    state = _State(out, force)
+    timings: dict[str, float] = {}
+    images = {p.name: p for p in list_images(scene_images_dir(scene))}
+
+    # 1. poses and sparse points
+    t0 = time.perf_counter()
+    model, sfm_report = _poses(scene, out, images, cfg, state)
+    timings["sfm"] = time.perf_counter() - t0
+
+    # 2. predictions for every registered view
+    t0 = time.perf_counter()
+    cache = _predictions(scene, model, images, predict_cfg, progress)
+    timings["predict"] = time.perf_counter() - t0
+
+    # 3. per-view scale / shift against the sparse points -> OUT/depth/<stem>.npy
+    t0 = time.perf_counter()
+    alignments = _align_views(out, model, cache, images, cfg, state, progress)
+    timings["align"] = time.perf_counter() - t0
+    good = [n for n, a in alignments.items() if a.ok]
+    if not good:
+        reasons = "; ".join(f"{n}: {a.reason}" for n, a in alignments.items())
+        raise ReconstructionError(f"no view could be aligned to the sparse points ({reasons})")
+
+    # 4. fusion and 5. mesh
+    t0 = time.perf_counter()
+    fuse_fp = _fingerprint(state.data.get("align"), to_dict(cfg))
+    mesh_paths = [out / f"mesh.{f}" for f in _formats(cfg)]
+    fusion: dict = {}
+    if not (state.done("mesh", fuse_fp) and all(p.is_file() for p in mesh_paths)):
+        result = _fuse(out, model, cache, images, alignments, cfg, progress)
+        timings["fuse"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fusion = result[1]
+        cleaned = mesh.remove_small_components(result[0], cfg.min_component_fraction)
+        cleaned = mesh.simplify(cleaned, cfg.simplify)
+        if cleaned.num_triangles == 0:
+            raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
+        for p in mesh_paths:
+            mesh.export_mesh(cleaned, p)
+        fusion["triangles"] = cleaned.num_triangles
+        timings["mesh"] = time.perf_counter() - t0
+        state.mark("mesh", fuse_fp)
+    else:
+        previous = load_json(out / "report.json") if (out / "report.json").is_file() else {}
+        fusion = previous.get("fusion", {})
+
+    report = {
+        "scene": str(scene),
+        "sfm": sfm_report,
+        "views": {n: _alignment_json(a) for n, a in alignments.items()},
+        "aligned_views": len(good),
+        "excluded_views": {n: a.reason for n, a in alignments.items() if not a.ok},
+        "fusion": fusion,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "settings": {"reconstruct": to_dict(cfg), "predict": to_dict(predict_cfg)},
+        "predictions": cache.read_meta().to_json(),
+        "versions": _versions(),
+        "outputs": {"mesh": [p.name for p in mesh_paths], "sparse": "sparse/", "depth": "depth/"},
+    }
+    save_json(out / "report.json", report)
+    return ReconstructResult(out, mesh_paths, report, alignments)
+
+
+# ------------------------------------------------------------------------------------- stages
+def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConfig, state: _State):
+    given = Path(cfg.colmap) if cfg.colmap else (scene / "sparse" / "0" if (scene / "sparse" / "0").is_dir() else None)
+    fp = _fingerprint(str(given), sorted(images), cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size)
+    if state.done("sfm", fp) and (out / "sparse" / "cameras.txt").is_file():
+        model = sfm.read_model(out / "sparse")
+        report = load_json(out / "report.json").get("sfm", {}) if (out / "report.json").is_file() else {}
+        return model, report
+    if given is not None:
+        model = sfm.read_model(given)
+        missing = sorted(set(model.cameras) - set(images))
+        if missing:
+            raise InputError(f"the COLMAP model {given} has images not in the scene: {', '.join(missing[:5])}")
+        report = {
+            "source": str(given),
+            "registered": len(model.cameras),
+            "total": len(images),
+            "unregistered": sorted(set(images) - set(model.cameras)),
+        }
+    else:
+        model, report = sfm.run_sfm(
+            scene_images_dir(scene), out / "work" / "colmap", cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size
+        )
+        report["source"] = "pycolmap"
+    if len(model.cameras) < 2:
+        raise ReconstructionError(f"only {len(model.cameras)} registered image(s) in the model; at least two needed")
+    _check_sizes(model, images)
+    sfm.write_model_text(model, out / "sparse")
+    state.mark("sfm", fp)
+    return model, report
+
+
+def _check_sizes(model: sfm.SfMModel, images: dict[str, Path]) -> None:
+    for name, cam in model.cameras.items():
+        w, h = image_size(images[name])
+        if (w, h) != (cam.width, cam.height):
+            raise InputError(f"{name} is {w}x{h} but its camera in the COLMAP model is {cam.width}x{cam.height}")
+
+
+def _predictions(
+    scene: Path, model: sfm.SfMModel, images: dict[str, Path], pcfg: PredictConfig, progress: bool
+) -> PredictionCache:
+    cache = PredictionCache(scene / "predictions")
+    stems = [Path(n).stem for n in model.names]
+    missing = [s for s in stems if not cache.has(s, need_normal=False)]
+    if missing:
+        if cache.exists():
+            log.info("%d view(s) missing from the prediction cache; running Lotus for them", len(missing))
+        report = predict_scene(scene, pcfg, stems=missing, progress=progress)
+        if report.failed:
+            raise InputError("cannot predict: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
+    return cache
+
+
+def _align_views(
+    out: Path,
+    model: sfm.SfMModel,
+    cache: PredictionCache,
+    images: dict[str, Path],
+    cfg: ReconstructConfig,
+    state: _State,
+    progress: bool,
+) -> dict[str, Alignment]:
+    meta = cache.read_meta()
+    fp = _fingerprint(
+        state.data.get("sfm"),
+        meta.to_json(),
+        cfg.alignment,
+        cfg.min_points,
+        [(_mtime(cache.depth_path(Path(n).stem))) for n in model.names],
+    )
+    record = out / "work" / "alignment.json"
+    if state.done("align", fp) and record.is_file():
+        return {n: Alignment(**a) for n, a in load_json(record).items()}
+    opts = align.AlignOptions(min_points=cfg.min_points)
+    result: dict[str, Alignment] = {}
+    for name in tqdm(model.names, desc="align", unit="view", disable=not progress):
+        cam = model.cameras[name]
+        pred = _view_prediction(cache, meta, name, cam, model)
+        uv, z = model.point_depths(name)
+        p = align.sample_prediction(pred.depth, uv)
+        al = (
+            align.fit_least_squares(p, z, meta.depth_kind)
+            if cfg.alignment == "lstsq"
+            else align.fit_scale_shift(p, z, meta.depth_kind, opts)
+        )
+        result[name] = al
+        if al.ok:
+            save_npy(out / "depth" / f"{Path(name).stem}.npy", align.apply_alignment(pred.depth, al))
+        else:
+            log.warning("view %s excluded: %s", name, al.reason)
+    save_json(record, {n: asdict(a) for n, a in result.items()})
+    state.mark("align", fp)
+    return result
+
+
+def _view_prediction(cache: PredictionCache, meta, name: str, cam: Camera, model: sfm.SfMModel):
+    pred = cache.read(Path(name).stem, image_size=(cam.width, cam.height), meta=meta)
+    maps = model.undistort_maps.get(name)
+    if maps is not None:
+        pred.depth = sfm.undistort(pred.depth, maps, nearest=True)
+        if pred.normal is not None:
+            pred.normal = sfm.undistort(pred.normal, maps, nearest=True)
+    return pred
+
+
+def _fuse(
+    out: Path,
+    model: sfm.SfMModel,
+    cache: PredictionCache,
+    images: dict[str, Path],
+    alignments: dict[str, Alignment],
+    cfg: ReconstructConfig,
+    progress: bool,
+):
+    good = [n for n in model.names if alignments[n].ok]
+    voxel = cfg.voxel_size or scene_extent(model) / cfg.resolution
+    vol = fuse.TSDFVolume(
+        fuse.TSDFOptions(voxel_size=voxel, trunc_voxels=cfg.trunc_voxels),
+        expected_blocks=_expected_blocks(model, voxel),
+    )
+    meta = cache.read_meta()
+    integrated = 0
+    for name in tqdm(good, desc="fuse", unit="view", disable=not progress):
+        cam = model.cameras[name]
+        depth = np.load(out / "depth" / f"{Path(name).stem}.npy")
+        pred = _view_prediction(cache, meta, name, cam, model)
+        _, z = model.point_depths(name)
+        max_depth = cfg.far_factor * float(np.percentile(z[z > 0], 98)) if (z > 0).any() else None
+        opts = fuse.FilterOptions(
+            edge_threshold=cfg.edge_threshold, max_grazing_deg=cfg.max_grazing_deg, max_depth=max_depth
+        )
+        depth = fuse.filter_depth(depth, cam.K, pred.normal, opts)
+        color = sfm.undistort(load_image(images[name]), model.undistort_maps.get(name))
+        vol.integrate(
+            depth,
+            np.nan_to_num(color),
+            cam,
+            depth_max=float(np.nanmax(depth)) * 1.01 if np.isfinite(depth).any() else 1.0,
+        )
+        integrated += 1
+    v, f, c = vol.extract_mesh(cfg.weight_threshold)
+    return mesh.Mesh(v, f, c), {"voxel_size": voxel, "views_integrated": integrated, "blocks": vol.num_blocks}
+
+
+def scene_extent(model: sfm.SfMModel) -> float:
+    """Diagonal of the 2-98 % box of the sparse points and camera centres (scene units)."""
+    pts = model.points
+    if len(pts) >= 10:
+        lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+    else:
+        centers = np.array([c.center for c in model.cameras.values()])
+        lo, hi = centers.min(0), centers.max(0)
+    ext = float(np.linalg.norm(hi - lo))
+    if not ext > 0:
+        raise ReconstructionError("the sparse model has no spatial extent (all points coincide)")
+    return ext
+
+
+def _expected_blocks(model: sfm.SfMModel, voxel: float) -> int:
+    """Initial hash-map size: surface area ~ extent^2, in blocks of 8 voxels (grows if needed)."""
+    ext = scene_extent(model)
+    return int(min(4e6, 6 * (ext / (8 * voxel)) ** 2))
+
+
+def _formats(cfg: ReconstructConfig) -> list[str]:
+    fmts = [f.strip().lower() for f in cfg.formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in ("ply", "glb", "obj")]
+    if bad or not fmts:
+        raise InputError(f"unknown mesh format(s) {bad or cfg.formats!r}: use ply, glb, obj")
+    return fmts
+
+
+def _alignment_json(a: Alignment) -> dict:
+    d = asdict(a)
+    d["residual_percentiles"] = {k: round(v, 5) for k, v in a.residual_percentiles.items()}
+    return d
+
+
+def _mtime(p: Path) -> float | None:
+    return p.stat().st_mtime if p.is_file() else None
+
+
+def _versions() -> dict:
+    import open3d
+    import pycolmap
+
+    import lotus3d
+
+    out = {
+        "lotus3d": getattr(lotus3d, "__version__", "dev"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "open3d": open3d.__version__,
+        "pycolmap": pycolmap.__version__,
+    }
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+__all__ = ["ReconstructResult", "reconstruct", "scene_extent"]
