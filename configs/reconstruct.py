@@ -22,10 +22,21 @@ class ReconstructConfig:
     )
     sfm_max_image_size: int = setting(1600, "longest edge SIFT sees, in pixels")
     # alignment
-    alignment: Literal["robust", "lstsq"] = setting(
-        "robust", "per-view scale/shift: robust (LMedS + Cauchy IRLS) or plain least squares (baseline)"
+    alignment: Literal["robust", "lstsq", "none"] = setting(
+        "robust",
+        "per-view scale/shift: robust (LMedS + Cauchy IRLS), plain least squares (baseline), or none "
+        "(the cache already holds depth in scene units)",
     )
     min_points: int = setting(8, "a view needs this many sparse points to be aligned")
+    local_alignment: bool = setting(
+        True, "after the scale/shift, fit a smooth edge-aware depth correction per view to its points"
+    )
+    # multi-view consistency
+    consistency: bool = setting(
+        False, "keep a pixel only where its depth agrees with a neighbouring view (or none can check it)"
+    )
+    consistency_views: int = setting(6, "neighbouring views each view is checked against")
+    consistency_min_agree: int = setting(1, "neighbours that must agree for a pixel to stay")
     # fusion
     voxel_size: float | None = setting(None, "TSDF voxel size in scene units (default: scene extent / resolution)")
     resolution: int = setting(320, "voxels across the scene's extent when voxel_size is not given")

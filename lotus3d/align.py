@@ -20,6 +20,20 @@ import numpy as np
 
 from .types import Alignment, DepthKind
 
+__all__ = [
+    "Alignment",
+    "AlignOptions",
+    "LocalOptions",
+    "LocalCorrection",
+    "fit_scale_shift",
+    "fit_least_squares",
+    "apply_alignment",
+    "fit_local_correction",
+    "apply_local_correction",
+    "sample_prediction",
+    "residuals",
+]
+
 
 @dataclass
 class AlignOptions:
@@ -183,3 +197,136 @@ def apply_alignment(pred: np.ndarray, al: Alignment, far_margin: float | None = 
             bad |= (pred < lo - m) if al.kind == "disparity" else (pred > hi + m)
     depth[bad] = np.nan
     return depth.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- local correction
+@dataclass
+class LocalOptions:
+    spatial: tuple[float, ...] = (0.03, 0.06, 0.12, 0.25)  # candidate smoothness, fraction of image diagonal
+    range_: tuple[float, ...] = (0.03, 0.08, 0.25)  # candidate log-depth kernel widths (edges)
+    prior: float = 0.5  # pull towards no correction where points are few (in units of point weight)
+    gross_outlier: float = 0.3  # |log residual| beyond which a point never counts
+    max_points: int = 2000  # points used to choose the smoothness (held-out, leave-one-out)
+    irls_iterations: int = 3
+    grid_stride: int = 16  # bilateral grid spacing in pixels
+    bins: int = 24  # bilateral grid bins over the view's log-depth range
+    seed: int = 0
+
+
+@dataclass
+class LocalCorrection:
+    """A smooth, edge-aware correction of an aligned depth map: depth * exp(field).
+
+    ``spatial_px`` / ``range_log`` are the kernel widths chosen on held-out points;
+    ``heldout_before`` / ``heldout_after`` the median |log depth residual| of held-out points
+    without and with the correction (leave-one-out).
+    """
+
+    field: np.ndarray  # (H, W) log-depth correction
+    spatial_px: float
+    range_log: float
+    heldout_before: float
+    heldout_after: float
+    num_points: int
+
+
+def _loo_predict(W: np.ndarray, rho: np.ndarray, r: np.ndarray, prior: float) -> np.ndarray:
+    """Leave-one-out bilateral estimate of rho at every point (W symmetric, diag = 1)."""
+    num = W @ (r * rho) - r * rho
+    den = prior + W @ r - r
+    return num / den
+
+
+def fit_local_correction(
+    depth: np.ndarray, uv: np.ndarray, z: np.ndarray, options: LocalOptions | None = None
+) -> LocalCorrection | None:
+    """Fit a spatially varying correction of an aligned ``depth`` (H, W) to the view's points.
+
+    The correction of log-depth is a bilateral (space x log-depth) weighted average of the points'
+    log residuals, so it is smooth across a surface yet free to change across depth edges, where
+    objects may be off by different amounts. Its smoothness is chosen by leave-one-out error on the
+    points, gross outliers are ignored, the rest down-weighted by IRLS (Cauchy). Returns None when
+    no candidate beats leaving the depth as it is on held-out points.
+    """
+    o = options or LocalOptions()
+    h, w = depth.shape
+    sampled = sample_prediction(depth, uv)
+    ok = np.isfinite(sampled) & (sampled > 0) & np.isfinite(z) & (z > 0)
+    if ok.sum() < 10:
+        return None
+    uv, z, d = uv[ok], z[ok], sampled[ok]
+    rho = np.log(z) - np.log(d)
+    L = np.log(d)
+    keep = np.abs(rho) < o.gross_outlier
+    uv, rho, L = uv[keep], rho[keep], L[keep]
+    n = len(rho)
+    if n < 10:
+        return None
+    rng = np.random.default_rng(o.seed)
+    sub = rng.choice(n, min(n, o.max_points), replace=False)
+    diag = float(np.hypot(h, w))
+    d2 = ((uv[sub, None, :] - uv[None, sub, :]) ** 2).sum(-1)
+    l2 = (L[sub, None] - L[None, sub]) ** 2
+    rs, ls = rho[sub], np.ones(len(sub))
+    before = float(np.median(np.abs(rs)))
+    best = (before, None, None)
+    for fs in o.spatial:
+        Ws = np.exp(-d2 / (2 * (fs * diag) ** 2))
+        for sr in o.range_:
+            W = Ws * np.exp(-l2 / (2 * sr**2))
+            r = ls.copy()
+            for _ in range(o.irls_iterations):
+                res = rs - _loo_predict(W, rs, r, o.prior)
+                scale = max(1.4826 * np.median(np.abs(res)), 1e-3)
+                r = 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
+            err = float(np.median(np.abs(res)))
+            if err < best[0]:
+                best = (err, fs * diag, sr)
+    if best[1] is None:
+        return None
+    spatial_px, range_log = best[1], best[2]
+    # final robust weights for all points with the chosen kernels (leave-one-out residuals)
+    weights = np.ones(n)
+    if n <= 4 * o.max_points:
+        Wall = np.exp(
+            -((uv[:, None, :] - uv[None, :, :]) ** 2).sum(-1) / (2 * spatial_px**2)
+            - (L[:, None] - L[None, :]) ** 2 / (2 * range_log**2)
+        )
+        for _ in range(o.irls_iterations):
+            res = rho - _loo_predict(Wall, rho, weights, o.prior)
+            scale = max(1.4826 * np.median(np.abs(res)), 1e-3)
+            weights = 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
+    field = _bilateral_field(depth, uv, rho, L, weights, spatial_px, range_log, o)
+    return LocalCorrection(field.astype(np.float32), spatial_px, range_log, before, best[0], n)
+
+
+def _bilateral_field(depth, uv, rho, L, weights, spatial_px, range_log, o: LocalOptions) -> np.ndarray:
+    """Evaluate the bilateral estimate on a (y, x, log-depth) grid and interpolate it per pixel."""
+    from scipy import ndimage
+
+    h, w = depth.shape
+    stride = max(4, min(o.grid_stride, int(spatial_px / 2)))
+    gy, gx = np.arange(0, h + stride, stride), np.arange(0, w + stride, stride)
+    logd = np.log(np.where(depth > 0, depth, np.nan))
+    lo, hi = np.nanpercentile(logd, 0.5), np.nanpercentile(logd, 99.5)
+    if not np.isfinite(lo) or hi <= lo:
+        return np.zeros((h, w))
+    bins = np.linspace(lo - 1e-6, hi + 1e-6, o.bins)
+    Sy = np.exp(-((gy[:, None] - uv[None, :, 1]) ** 2) / (2 * spatial_px**2))  # (Gy, N)
+    Sx = np.exp(-((gx[:, None] - uv[None, :, 0]) ** 2) / (2 * spatial_px**2))  # (Gx, N)
+    R = np.exp(-((bins[:, None] - L[None, :]) ** 2) / (2 * range_log**2))  # (B, N)
+    num = np.einsum("yn,xn,bn,n->yxb", Sy, Sx, R, weights * rho, optimize=True)
+    den = np.einsum("yn,xn,bn,n->yxb", Sy, Sx, R, weights, optimize=True)
+    grid = num / (o.prior + den)
+    yy, xx = np.mgrid[0:h, 0:w]
+    bb = (np.nan_to_num(logd, nan=lo) - bins[0]) / (bins[1] - bins[0])
+    coords = np.stack([yy / stride, xx / stride, np.clip(bb, 0, len(bins) - 1)])
+    field = ndimage.map_coordinates(grid, coords, order=1, mode="nearest")
+    return np.where(np.isfinite(logd), field, 0.0)
+
+
+def apply_local_correction(depth: np.ndarray, corr: LocalCorrection | None) -> np.ndarray:
+    """depth * exp(field) (unchanged when ``corr`` is None)."""
+    if corr is None:
+        return depth
+    return (depth * np.exp(corr.field)).astype(np.float32)

@@ -240,6 +240,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--processing-res", type=int, default=768, help="processing resolution (default: 768)")
     p.add_argument("-o", "--out", type=Path, default=None, help="folder for outputs and summary.json")
+    p.add_argument(
+        "--prediction",
+        choices=["realistic", "simple"],
+        default="realistic",
+        help="'reconstruct': simulated prediction errors (default: realistic, calibrated to Lotus)",
+    )
 
 
 @command(
@@ -257,8 +263,13 @@ def _bench(args: argparse.Namespace) -> int:
         run(args.size, args.processing_res, out=args.out)
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
+        from lotus3d.configs import ReconstructConfig
 
-        run_reconstruct(out=args.out)
+        extra = {
+            "ours, global fit only": ReconstructConfig(local_alignment=False),
+            "ours + consistency": ReconstructConfig(consistency=True),
+        }
+        run_reconstruct(out=args.out, prediction=args.prediction, extra_variants=extra)
     return 0
 
 

@@ -167,13 +167,15 @@ def room_cameras(
 @dataclass
 class RenderedView:
     """One rendered view. depth (H, W) along z (NaN = no surface); normal (H, W, 3) camera frame,
-    facing the camera; image (H, W, 3) in [0, 1]; mask (H, W) True where a surface was hit."""
+    facing the camera; image (H, W, 3) in [0, 1]; mask (H, W) True where a surface was hit;
+    segments (H, W) which mesh (object) each pixel sees."""
 
     camera: Camera
     image: np.ndarray
     depth: np.ndarray
     normal: np.ndarray
     mask: np.ndarray
+    segments: np.ndarray | None = None  # (H, W) int: index of the mesh hit, -1 where none
 
 
 class Renderer:
@@ -226,7 +228,10 @@ class Renderer:
         shade = 0.35 + 0.65 * np.clip(np.sum(np.nan_to_num(n_cam) * light, -1), 0, 1)
         image = albedo * shade[..., None]
         image[~mask] = self.background
-        return RenderedView(cam, np.clip(image, 0, 1).astype(np.float32), depth, n_cam.astype(np.float32), mask)
+        segments = np.where(mask, gid, -1).astype(np.int32)
+        return RenderedView(
+            cam, np.clip(image, 0, 1).astype(np.float32), depth, n_cam.astype(np.float32), mask, segments
+        )
 
 
 def _albedo(m: TexturedMesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
@@ -474,7 +479,7 @@ def write_scene(
     sparse_points: int = 3000,
     sparse_noise: float = 0.0005,
     outlier_fraction: float = 0.05,
-    prediction: str = "simple",
+    prediction: str = "realistic",
     extra_mesh: str | Path | None = None,
 ) -> dict:
     """Render a preset scene into a folder that ``lotus3d reconstruct`` reads.

@@ -94,3 +94,4 @@ class Alignment:
     reason: str = ""
     method: str = ""
     support: tuple[float, float] | None = None  # prediction range spanned by the view's points (2-98 %)
+    local: dict | None = None  # the local correction's kernel widths and held-out errors, if applied

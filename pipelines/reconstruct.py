@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lotus3d import align, fuse, mesh, sfm
+from lotus3d import align, consistency, fuse, mesh, sfm
 from lotus3d.cache import PredictionCache
 from lotus3d.configs import PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
@@ -210,6 +210,7 @@ def _align_views(
         meta.to_json(),
         cfg.alignment,
         cfg.min_points,
+        cfg.local_alignment,
         [(_mtime(cache.depth_path(Path(n).stem))) for n in model.names],
     )
     record = out / "work" / "alignment.json"
@@ -222,14 +223,28 @@ def _align_views(
         pred = _view_prediction(cache, meta, name, cam, model)
         uv, z = model.point_depths(name)
         p = align.sample_prediction(pred.depth, uv)
-        al = (
-            align.fit_least_squares(p, z, meta.depth_kind)
-            if cfg.alignment == "lstsq"
-            else align.fit_scale_shift(p, z, meta.depth_kind, opts)
-        )
+        if cfg.alignment == "none":
+            if meta.depth_kind != "depth":
+                raise InputError("alignment 'none' needs a prediction cache of depth in scene units (kind 'depth')")
+            al = align.Alignment(1.0, 0.0, "depth", len(z), len(z), method="none")
+        elif cfg.alignment == "lstsq":
+            al = align.fit_least_squares(p, z, meta.depth_kind)
+        else:
+            al = align.fit_scale_shift(p, z, meta.depth_kind, opts)
         result[name] = al
         if al.ok:
-            save_npy(out / "depth" / f"{Path(name).stem}.npy", align.apply_alignment(pred.depth, al))
+            depth = align.apply_alignment(pred.depth, al)
+            if cfg.local_alignment:
+                corr = align.fit_local_correction(depth, uv, z)
+                depth = align.apply_local_correction(depth, corr)
+                if corr is not None:
+                    al.local = {
+                        "spatial_px": round(corr.spatial_px, 1),
+                        "range_log": corr.range_log,
+                        "heldout_before": round(corr.heldout_before, 5),
+                        "heldout_after": round(corr.heldout_after, 5),
+                    }
+            save_npy(out / "depth" / f"{Path(name).stem}.npy", depth)
         else:
             log.warning("view %s excluded: %s", name, al.reason)
     save_json(record, {n: asdict(a) for n, a in result.items()})
@@ -263,27 +278,50 @@ def _fuse(
         expected_blocks=_expected_blocks(model, voxel),
     )
     meta = cache.read_meta()
-    integrated = 0
-    for name in tqdm(good, desc="fuse", unit="view", disable=not progress):
+    # per-view filtering: edges, grazing angles, far background
+    depths = {}
+    for name in tqdm(good, desc="filter", unit="view", disable=not progress):
         cam = model.cameras[name]
-        depth = np.load(out / "depth" / f"{Path(name).stem}.npy")
         pred = _view_prediction(cache, meta, name, cam, model)
         _, z = model.point_depths(name)
         max_depth = cfg.far_factor * float(np.percentile(z[z > 0], 98)) if (z > 0).any() else None
         opts = fuse.FilterOptions(
             edge_threshold=cfg.edge_threshold, max_grazing_deg=cfg.max_grazing_deg, max_depth=max_depth
         )
-        depth = fuse.filter_depth(depth, cam.K, pred.normal, opts)
-        color = sfm.undistort(load_image(images[name]), model.undistort_maps.get(name))
-        vol.integrate(
-            depth,
-            np.nan_to_num(color),
-            cam,
-            depth_max=float(np.nanmax(depth)) * 1.01 if np.isfinite(depth).any() else 1.0,
+        depths[name] = fuse.filter_depth(np.load(out / "depth" / f"{Path(name).stem}.npy"), cam.K, pred.normal, opts)
+    # multi-view consistency
+    kept_fraction = None
+    if cfg.consistency and len(depths) > 1:
+        before = sum(int(np.isfinite(d).sum()) for d in depths.values())
+        masks = consistency.consistency_masks(
+            depths,
+            {n: model.cameras[n] for n in depths},
+            consistency.ConsistencyOptions(neighbours=cfg.consistency_views, min_agree=cfg.consistency_min_agree),
+            {n: _view_tolerance(alignments[n]) for n in depths},
         )
-        integrated += 1
+        for n, m in masks.items():
+            depths[n] = np.where(m, depths[n], np.nan)
+        kept_fraction = sum(int(np.isfinite(d).sum()) for d in depths.values()) / max(before, 1)
+    # TSDF
+    for name in tqdm(good, desc="fuse", unit="view", disable=not progress):
+        depth = depths.pop(name)
+        color = sfm.undistort(load_image(images[name]), model.undistort_maps.get(name))
+        depth_max = float(np.nanmax(depth)) * 1.01 if np.isfinite(depth).any() else 1.0
+        vol.integrate(depth, np.nan_to_num(color), model.cameras[name], depth_max=depth_max)
     v, f, c = vol.extract_mesh(cfg.weight_threshold)
-    return mesh.Mesh(v, f, c), {"voxel_size": voxel, "views_integrated": integrated, "blocks": vol.num_blocks}
+    info = {
+        "voxel_size": voxel,
+        "views_integrated": len(good),
+        "blocks": vol.num_blocks,
+        "consistency_kept_fraction": kept_fraction,
+    }
+    return mesh.Mesh(v, f, c), info
+
+
+def _view_tolerance(al: Alignment) -> float:
+    """Relative depth tolerance of a view in the consistency check: 3x its held-out residual."""
+    err = (al.local or {}).get("heldout_after") or al.residual_percentiles.get("p50", 0.02)
+    return float(np.clip(3.0 * err, 0.01, 0.08))
 
 
 def scene_extent(model: sfm.SfMModel) -> float:

@@ -23,7 +23,7 @@ from lotus3d.types import Prediction
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    """16 views 320x240 of the cow on a floor, exact poses, 20 % SfM outliers, simulated predictions."""
+    """16 views 320x240 of the cow on a floor, exact poses, 20 % SfM outliers, realistic simulated predictions."""
     root = tmp_path_factory.mktemp("orbit") / "scene"
     write_scene(root, "orbit", 16, 320, 240, seed=3, sparse_points=1500, outlier_fraction=0.2)
     return root
@@ -50,13 +50,20 @@ def _score(scene, out, threshold_fraction=0.02, transform=None):
 
 def test_reconstruction_beats_naive_least_squares(scene, tmp_path):
     ours = reconstruct(scene, tmp_path / "ours", progress=False)
-    naive = reconstruct(scene, tmp_path / "naive", ReconstructConfig(alignment="lstsq"), progress=False)
+    naive = reconstruct(
+        scene, tmp_path / "naive", ReconstructConfig(alignment="lstsq", local_alignment=False), progress=False
+    )
     assert not ours.report["excluded_views"]
     m_ours, m_naive = _score(scene, tmp_path / "ours", 0.01), _score(scene, tmp_path / "naive", 0.01)
     assert m_ours["fscore"] > 0.85
     assert m_ours["fscore"] > m_naive["fscore"] + 0.05
     assert m_ours["chamfer"] < 0.7 * m_naive["chamfer"]
     assert naive.report["views"]["view_000.png"]["method"] == "lstsq"
+
+
+def test_alignment_none_needs_metric_depth(scene, tmp_path):
+    with pytest.raises(InputError, match="alignment 'none' needs"):
+        reconstruct(scene, tmp_path / "o", ReconstructConfig(alignment="none"), progress=False)
 
 
 def test_outputs_follow_the_contract_and_resume(scene, tmp_path):
@@ -95,7 +102,7 @@ def test_pycolmap_poses_end_to_end(tmp_path):
     est = read_model(out / "sparse").cameras
     ref = read_model(scene / "sparse" / "0").cameras
     m = _score(scene, out, transform=similarity_from_cameras(est, ref))
-    assert m["fscore"] > 0.8
+    assert m["fscore"] > 0.75
 
 
 def test_view_without_points_is_excluded_and_reported(scene, tmp_path):

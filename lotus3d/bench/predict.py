@@ -176,6 +176,50 @@ def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None
     return summary
 
 
+def option_effects(size: str = "sd2", models: Path | None = None) -> list[dict]:
+    """Each deviation from the official computation vs the default, on the same image and models:
+    time per image and mean / max |difference| of the [0, 1] outputs (depth; normals as colours)."""
+    from dataclasses import replace
+
+    models = models or Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    depth, normal = ensure_models(models, size)
+    image = bench_image()
+    base = PredictorOptions()
+    predictor = LotusPredictor.from_pretrained(depth, normal, device="cpu", options=base)
+    variants = {
+        "official (sample, nearest, 768)": base,
+        "latent=mode": replace(base, latent="mode"),
+        "resize_back=bilinear": replace(base, resize_back="bilinear"),
+        "processing_res=512": replace(base, processing_res=512),
+        "seed=43 (sampling noise)": replace(base, seed=43),
+    }
+    rows, ref = [], None
+    for name, opts in variants.items():
+        predictor.options = opts
+        t0 = time.perf_counter()
+        p = predictor.predict(image)
+        dt = time.perf_counter() - t0
+        out = (p.depth, (p.normal * -0.5 + 0.5))
+        if ref is None:
+            ref = out
+        dd, dn = np.abs(out[0] - ref[0]), np.abs(out[1] - ref[1])
+        row = {
+            "variant": name,
+            "seconds": dt,
+            "depth_mean": float(dd.mean()),
+            "depth_max": float(dd.max()),
+            "normal_mean": float(dn.mean()),
+            "normal_max": float(dn.max()),
+        }
+        rows.append(row)
+        print(
+            f"{name:32s} {dt:7.2f} s   depth |diff| mean {row['depth_mean']:.2e} max {row['depth_max']:.2e}   "
+            f"normal |diff| mean {row['normal_mean']:.2e} max {row['normal_max']:.2e}",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--worker", choices=("reference", "ours"))
@@ -184,8 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--res", type=int, default=768)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--size", default="sd2", choices=("tiny", "sd2"))
+    ap.add_argument("--options", action="store_true", help="measure each deviation from the official path")
     args = ap.parse_args(argv)
-    if args.worker:
+    if args.options:
+        option_effects(args.size)
+    elif args.worker:
         _worker(args.worker, args.depth, args.normal, args.res, args.out)
     else:
         run(args.size, args.res, out=args.out)

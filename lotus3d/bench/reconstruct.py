@@ -68,6 +68,23 @@ def gt_depth_cache(scene: Path, target: Path) -> None:
         cache.write(stem, Prediction(np.where(np.isfinite(d), d, np.nan).astype(np.float32), "depth", normal))
 
 
+def oracle_affine_cache(scene: Path, target: Path) -> None:
+    """Each view's prediction with the best scale and shift fitted to every GT pixel (least squares in
+    disparity), stored as metric depth: the best any per-view scale/shift estimator could do."""
+    src = PredictionCache(scene / "predictions")
+    cache = PredictionCache(target / "predictions")
+    cache.write_meta(CacheMeta("depth", "oracle-affine", src.read_meta().normal_model))
+    for stem in src.stems():
+        pred = src.read(stem)
+        gt = np.load(scene / "gt" / "depth" / f"{stem}.npy")
+        m = np.isfinite(gt) & np.isfinite(pred.depth)
+        A = np.stack([pred.depth[m], np.ones(m.sum())], -1).astype(np.float64)
+        (s, t), *_ = np.linalg.lstsq(A, 1.0 / gt[m], rcond=None)
+        disp = s * pred.depth.astype(np.float64) + t
+        depth = np.where(m & (disp > 0), 1.0 / np.maximum(disp, 1e-9), np.nan).astype(np.float32)
+        cache.write(stem, Prediction(depth, "depth", pred.normal))
+
+
 def evaluate(scene: Path, out: Path) -> dict:
     gt = load_mesh_geometry(scene / "gt" / "mesh.ply")
     cams = list(read_model(scene / "sparse" / "0").cameras.values())
@@ -90,7 +107,7 @@ def run_variant(scene: Path, name: str, cfg: ReconstructConfig) -> dict:
 
 def run(
     out: Path | None = None,
-    prediction: str = "simple",
+    prediction: str = "realistic",
     scenes: tuple[str, ...] = ("orbit", "objects"),
     extra_variants: dict[str, ReconstructConfig] | None = None,
 ) -> list[dict]:
@@ -107,8 +124,9 @@ def run(
         print(f"rendering {key}: {views} views 640x480 ({prediction} simulated predictions) ...", flush=True)
         write_scene(scene, preset, views, seed=1, outlier_fraction=0.1, prediction=prediction, extra_mesh=extra_path)
         variants = {
-            "gt-depth": ReconstructConfig(),
-            "lstsq": ReconstructConfig(alignment="lstsq"),
+            "gt-depth": ReconstructConfig(alignment="none", local_alignment=False),
+            "oracle-affine": ReconstructConfig(alignment="none", local_alignment=False),
+            "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False),
             "ours": ReconstructConfig(),
             **(extra_variants or {}),
         }
@@ -116,6 +134,8 @@ def run(
             v = variant_scene(scene, out / key, name)
             if name == "gt-depth":
                 gt_depth_cache(scene, v)
+            elif name == "oracle-affine":
+                oracle_affine_cache(scene, v)
             else:
                 shutil.copytree(scene / "predictions", v / "predictions")
             row = {"scene": key, "views": views, **run_variant(v, name, dataclasses.replace(cfg))}
