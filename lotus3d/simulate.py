@@ -5,7 +5,7 @@ with the error sources a monocular model shows, in this order:
 
 1. a different relative depth error per object (each segment placed a few percent too near or far),
 2. a smooth low-frequency warp over the image,
-3. small pixel noise,
+3. mid-frequency noise a few pixels wide, and a little pixel noise,
 4. blur across silhouettes: near depth discontinuities the disparity is smeared over a few pixels,
    creating flying pixels between foreground and background;
 5. background / sky at the far end (disparity 0);
@@ -52,7 +52,7 @@ def simulate_realistic(
     target_absrel: float = 0.045,
     object_sigma: float = 1.0,
     warp_amplitude: float = 1.0,
-    noise_sigma: float = 0.15,
+    noise_sigma: float = 0.03,
     blur_px: float = 2.5,
     normal_bias_deg: float = 4.0,
     normal_noise_deg: float = 2.0,
@@ -70,7 +70,9 @@ def simulate_realistic(
     for sid in np.unique(segs[segs >= 0]):
         per_object[segs == sid] = rng.normal(0, object_sigma)
     warp = warp_amplitude * smooth_field((h, w), rng, cells=2)
-    noise = noise_sigma * ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.0) * 2.0
+    # mid-frequency texture-scale error (a few pixels wide): monocular depth is smooth at the pixel level
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 6.0)
+    noise *= noise_sigma / max(float(noise.std()), 1e-12)
     shape = per_object + warp + noise
     shape -= shape[mask].mean()
     d = np.where(mask, view.depth, np.nan).astype(np.float64)
@@ -78,7 +80,7 @@ def simulate_realistic(
     if blur_px > 0:  # pixels next to depth discontinuities, where the prediction is smeared
         jump = _discontinuities(np.where(mask, view.depth, np.inf), 0.05)
         band = ndimage.binary_dilation(jump, iterations=int(np.ceil(2 * blur_px)))
-    pixel_noise = rng.normal(0, 0.002, (h, w))
+    pixel_noise = rng.normal(0, 0.0001, (h, w))
 
     def predict(alpha: float) -> np.ndarray:
         disp = np.where(mask, 1.0 / (d * np.exp(alpha * shape)), 0.0)

@@ -51,7 +51,7 @@ def test_errors_look_like_a_monocular_models(views):
     assert np.abs(blurred.depth - p.depth)[edge].mean() > 5 * np.abs(blurred.depth - p.depth)[~edge].mean()
 
 
-def _points_for(renderer, v, n=800, seed=0):
+def _points_for(renderer, v, n=2000, seed=0):
     sp = synthetic.sample_sparse_points(renderer, [v, v], n, seed=seed)
     uv = np.array([tr[0][1:] for tr in sp.tracks])
     pc = sp.xyz @ v.camera.world_to_camera[:3, :3].T + v.camera.world_to_camera[:3, 3]

@@ -1,0 +1,198 @@
+"""One photo -> a 3D mesh: prediction, depth prior, normal integration, triangulation.
+
+Steps: read the image and intrinsics (--K, EXIF focal, or a default field of view); the Lotus
+prediction (from a cache folder or the model); the sky / invalid mask; the shift of the
+affine-invariant prediction from the normals; the normal-convention check; bilateral normal
+integration with the prior; a textured mesh cut at discontinuities; refined depth, preview, report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from lotus3d import integrate, single
+from lotus3d.cache import PredictionCache
+from lotus3d.configs import PredictConfig
+from lotus3d.errors import InputError
+from lotus3d.io import atomic_write, load_image, save_image, save_json, save_npy
+from lotus3d.types import Prediction
+
+
+@dataclass
+class SingleResult:
+    mesh: Path
+    depth: Path
+    preview: Path
+    report: dict
+
+
+def read_K(path: str | Path) -> np.ndarray:
+    """A 3x3 intrinsics matrix from a text file (np.savetxt layout)."""
+    try:
+        K = np.loadtxt(path, dtype=np.float64).reshape(3, 3)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read intrinsics from {path}: {e} (expected 3 rows of 3 numbers)") from None
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"{path}: focal lengths must be positive")
+    return K
+
+
+def _prediction(image_path: Path, image: np.ndarray, predictions: Path | None, pcfg: PredictConfig) -> Prediction:
+    h, w = image.shape[:2]
+    if predictions is not None:
+        cache = PredictionCache(predictions)
+        pred = cache.read(image_path.stem, image_size=(w, h))
+    else:
+        from lotus3d.pipelines.predict import load_predictor
+
+        pred = load_predictor(pcfg).predict(image)
+    if pred.normal is None:
+        raise InputError("single-view reconstruction needs predicted normals (the cache has none for this image)")
+    return pred
+
+
+def run_single(
+    image_path: str | Path,
+    out: str | Path | None = None,
+    predictions: str | Path | None = None,
+    K: np.ndarray | None = None,
+    fov_deg: float | None = None,
+    scale: float = 1.0,
+    auto_convention: bool = False,
+    prior_weight: float = 1e-3,
+    sky_threshold: float = 0.01,
+    pcfg: PredictConfig | None = None,
+    far_factor: float = 8.0,
+) -> SingleResult:
+    """Reconstruct one image into ``out`` (.glb, .obj or .ply; default IMAGE.glb next to the image).
+
+    Args:
+        scale: depth units: the median depth of the result (1 = relative units; metres if known).
+        sky_threshold: disparity predictions below this (0..1) are sky / background, not meshed.
+        far_factor: pixels deeper than this times the median depth are background, not meshed.
+    """
+    t0 = time.perf_counter()
+    image_path = Path(image_path)
+    out = Path(out) if out else image_path.with_suffix(".glb")
+    if out.suffix.lower() not in (".glb", ".obj", ".ply"):
+        raise InputError(f"output must end in .glb, .obj or .ply, not {out.suffix!r}")
+    image = load_image(image_path)
+    h, w = image.shape[:2]
+    if K is not None:
+        source = "given"
+    else:
+        K = single.intrinsics_from_exif(image_path, w, h) if fov_deg is None else None
+        source = "exif" if K is not None else f"fov {fov_deg or single.DEFAULT_FOV_DEG} deg"
+        if K is None:
+            K = single.intrinsics_from_fov(w, h, fov_deg or single.DEFAULT_FOV_DEG)
+    pred = _prediction(image_path, image, Path(predictions) if predictions else None, pcfg or PredictConfig())
+    p, normal = pred.depth, pred.normal
+    mask = np.isfinite(p) & np.isfinite(normal).all(-1)
+    if pred.kind == "disparity":
+        mask &= p > sky_threshold
+    if mask.sum() < 16:
+        raise InputError(f"{image_path.name}: almost every pixel is invalid or sky; nothing to reconstruct")
+    timings = {"load": time.perf_counter() - t0}
+
+    t = time.perf_counter()
+    shift = single.recover_shift(p, pred.kind, normal, K, mask)
+    prior = single.depth_from_affine(p, pred.kind, shift.shift)
+    convention = single.check_convention(normal, prior, K, mask)
+    if not convention.ok and auto_convention:
+        normal = convention.apply(normal)
+        shift = single.recover_shift(p, pred.kind, normal, K, mask)
+        prior = single.depth_from_affine(p, pred.kind, shift.shift)
+    # pixels the shifted prediction puts very far (background the sky threshold missed) are not meshed
+    with np.errstate(invalid="ignore"):
+        mask &= np.isfinite(prior) & (prior < far_factor * np.nanmedian(prior[mask]))
+    timings["prior"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    res = integrate.integrate_normals(
+        normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=prior_weight
+    )
+    depth = res.depth * (scale / np.nanmedian(res.depth))
+    timings["integrate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    breaks = res.weights.min(-1) < 0.05
+    mesh = single.depth_to_mesh(depth, K, image, max_relative_jump=0.05, breaks=breaks & mask)
+    _export(mesh, out)
+    depth_path = out.with_suffix(".depth.npy")
+    save_npy(depth_path, depth.astype(np.float32))
+    preview = out.with_suffix(".preview.png")
+    save_image(preview, _preview(depth, normal, mask))
+    timings["mesh"] = time.perf_counter() - t
+    report = {
+        "image": str(image_path),
+        "size": [w, h],
+        "intrinsics": K.tolist(),
+        "intrinsics_source": source,
+        "prediction_kind": pred.kind,
+        "shift": shift.shift,
+        "normal_agreement_deg": shift.angular_error_deg,
+        "convention": {
+            "ok": convention.ok,
+            "best_signs": list(convention.signs),
+            "applied": bool(not convention.ok and auto_convention),
+            "errors_deg": {str(k): round(v, 3) for k, v in convention.errors.items()},
+        },
+        "integration": {
+            "iterations": res.iterations,
+            "cg_iterations": res.cg_iterations,
+            "seconds": round(res.seconds, 3),
+        },
+        "median_depth": scale,
+        "triangles": len(mesh.faces),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    save_json(out.with_suffix(".json"), report)
+    return SingleResult(out, depth_path, preview, report)
+
+
+def _export(mesh: trimesh.Trimesh, out: Path) -> None:
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt == "ply":
+        colors = mesh.metadata.get("vertex_colors")
+        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False)
+        data = plain.export(file_type="ply")
+    elif fmt == "glb":
+        data = mesh.export(file_type="glb")
+    else:
+        from trimesh.exchange.obj import export_obj
+
+        text, files = export_obj(mesh, include_texture=True, return_texture=True, mtl_name=out.stem + ".mtl")
+        for name, blob in files.items():
+            with atomic_write(out.parent / name) as f:
+                f.write(blob)
+        data = text
+    with atomic_write(out, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
+def _preview(depth: np.ndarray, normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Depth (turbo-like colours, near = warm) beside the normals (Lotus-style colours)."""
+    d = np.where(mask, depth, np.nan)
+    lo, hi = np.nanpercentile(d, [2, 98])
+    x = np.clip((hi - d) / max(hi - lo, 1e-9), 0, 1)
+    col = np.stack(
+        [
+            np.clip(1.5 - np.abs(4 * x - 3), 0, 1),
+            np.clip(1.5 - np.abs(4 * x - 2), 0, 1),
+            np.clip(1.5 - np.abs(4 * x - 1), 0, 1),
+        ],
+        -1,
+    )
+    col[~mask] = 0
+    nc = np.where(mask[..., None], -normal * 0.5 + 0.5, 0)
+    return np.concatenate([col, nc], 1).astype(np.float32)
+
+
+def load_report(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

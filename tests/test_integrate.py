@@ -1,0 +1,173 @@
+"""Normal integration and the single-view helpers (groundwork of `lotus3d single`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lotus3d.errors import InputError
+from lotus3d.integrate import depth_to_normals, integrate_normals
+from lotus3d.single import check_convention, depth_to_mesh, intrinsics_from_fov, recover_shift
+from lotus3d.synthetic import smooth_field
+
+
+def _rays(h, w, K):
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    return np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A sphere in front of a tilted plane, perspective camera: exact depth and normals."""
+    h, w = 96, 128
+    K = intrinsics_from_fov(w, h, 60.0)
+    r = _rays(h, w, K)
+    d = 4.0 / (1 - 0.2 * r[..., 0] + 0.1 * r[..., 1])
+    rn = r / np.linalg.norm(r, axis=-1, keepdims=True)
+    c = np.array([0.0, 0.0, 2.5])
+    b = rn @ c
+    disc = b**2 - (c @ c - 0.64)
+    hit = disc > 0
+    d = np.where(hit, (b - np.sqrt(np.maximum(disc, 0))) * rn[..., 2], d)
+    n = depth_to_normals(d, K)
+    return d, n, K, np.isfinite(n).all(-1), hit
+
+
+def _made(est, gt, m):
+    s = np.nanmedian(gt[m] / est[m])
+    return float(np.nanmean(np.abs(s * est[m] - gt[m]) / gt[m]))
+
+
+def test_exact_normals_of_a_plane_integrate_to_its_depth():
+    h, w = 60, 80
+    K = intrinsics_from_fov(w, h, 50.0)
+    r = _rays(h, w, K)
+    d = 3.0 / (1 - 0.3 * r[..., 0] + 0.2 * r[..., 1])
+    n = depth_to_normals(d, K)
+    m = np.isfinite(n).all(-1)
+    for solver in ("amg", "jacobi"):
+        res = integrate_normals(n, K, m, solver=solver)
+        assert _made(res.depth, d, m) < 1e-4, solver
+
+
+def test_noisy_normals_with_warped_prior_beat_the_prior(scene):
+    d, n, K, m, _ = scene
+    rng = np.random.default_rng(0)
+    noisy = n + rng.normal(0, 0.02, n.shape)
+    noisy /= np.linalg.norm(noisy, axis=-1, keepdims=True)
+    prior = d * (1 + 0.06 * smooth_field(d.shape, rng, cells=4)) * 1.7  # warped, wrong scale
+    res = integrate_normals(noisy, K, m, prior_depth=prior, prior_weight=1e-3)
+    assert _made(res.depth, d, m) < 0.7 * _made(prior, d, m)
+
+
+def test_step_stays_a_step(scene):
+    d, n, K, m, hit = scene
+    res = integrate_normals(n, K, m)
+    # across the sphere's rim the depth jumps within a pixel or two, as the truth does, not over a ramp
+    edge = hit & ~np.roll(hit, 1, axis=1)
+    ys, xs = np.nonzero(edge[:, 6:-6])
+    xs = xs + 6
+    z = np.log(res.depth)
+    near = np.abs(z[ys, xs + 1] - z[ys, xs - 2])
+    wide = np.abs(z[ys, xs + 5] - z[ys, xs - 6])
+    true_jump = np.abs(np.log(d[ys, xs + 1]) - np.log(d[ys, xs - 2]))
+    assert np.median(near / wide) > 0.7
+    assert np.median(near) > 0.5 * np.median(true_jump)
+    # and the bilateral weights lean away from the break at the rim, not in smooth regions
+    asym = np.abs(res.weights[..., 0] - res.weights[..., 1])
+    interior = m & ~hit & np.roll(~hit, 3, axis=1) & np.roll(~hit, -3, axis=1)
+    assert np.median(asym[ys, xs]) > 5 * np.median(asym[interior])
+
+
+def test_shift_recovery_finds_a_known_shift(scene):
+    d, n, K, m, _ = scene
+    pred = (1.0 / d - 0.1) / 0.5  # disparity = 0.5 * (pred + 0.2): the shift in prediction units is 0.2
+    res = recover_shift(pred, "disparity", n, K, m)
+    assert res.shift == pytest.approx(0.2, rel=0.05)
+    assert res.angular_error_deg < 2.0
+
+
+def test_flipped_x_normals_are_detected(scene):
+    d, n, K, m, _ = scene
+    c = check_convention(n * np.array([-1, 1, 1], np.float32), d, K, m)
+    assert not c.ok and c.signs == (-1, 1, 1)
+    assert check_convention(n, d, K, m).ok
+
+
+def test_bad_inputs_are_refused(scene):
+    d, n, K, m, _ = scene
+    with pytest.raises(InputError, match="mask is"):
+        integrate_normals(n, K, m[:10])
+    with pytest.raises(InputError, match="nothing to integrate"):
+        integrate_normals(n, K, np.zeros_like(m))
+    with pytest.raises(InputError, match="nothing to integrate"):
+        integrate_normals(np.full_like(n, np.nan), K)
+    with pytest.raises(InputError, match="depth prior"):
+        integrate_normals(n, K, m, prior_depth=d[:5])
+
+
+def test_depth_mesh_cuts_across_discontinuities(scene):
+    d, n, K, m, hit = scene
+    whole = depth_to_mesh(d, K, max_relative_jump=10.0)
+    cut = depth_to_mesh(d, K, max_relative_jump=0.05)
+    assert len(cut.faces) < len(whole.faces)
+    # no triangle of the cut mesh spans the sphere and the plane
+    z = cut.vertices[cut.faces][..., 2]
+    assert (z.max(1) / z.min(1)).max() <= 1.05 + 1e-6
+
+
+def test_single_command_from_a_prediction_cache(tmp_path, capsys):
+    from lotus3d import synthetic
+    from lotus3d.cache import CacheMeta, PredictionCache
+    from lotus3d.cli import main
+    from lotus3d.io import save_image
+    from lotus3d.simulate import simulate_realistic
+
+    meshes = synthetic.preset_meshes("orbit", 0)
+    cam = synthetic.preset_cameras("orbit", meshes, 8, 160, 120)[1]
+    v = synthetic.Renderer(meshes).render(cam)
+    save_image(tmp_path / "photo.png", v.image)
+    cache = PredictionCache(tmp_path / "pred")
+    cache.write_meta(CacheMeta("disparity", "simulated", "simulated"))
+    cache.write("photo", simulate_realistic(v, np.random.default_rng(0)))
+    np.savetxt(tmp_path / "K.txt", cam.K)
+    for suffix in ("glb", "obj", "ply"):
+        out = tmp_path / f"photo.{suffix}"
+        assert (
+            main(
+                [
+                    "single",
+                    str(tmp_path / "photo.png"),
+                    "-o",
+                    str(out),
+                    "--predictions",
+                    str(tmp_path / "pred"),
+                    "--K",
+                    str(tmp_path / "K.txt"),
+                    "--scale",
+                    "3.0",
+                ]
+            )
+            == 0
+        )
+        assert out.is_file() and out.with_suffix(".preview.png").is_file()
+    printed = capsys.readouterr().out
+    assert "mesh:" in printed and "intrinsics: given" in printed
+    depth = np.load(tmp_path / "photo.depth.npy")
+    assert depth.shape == (120, 160) and np.nanmedian(depth) == pytest.approx(3.0, rel=1e-3)
+    m = v.mask & np.isfinite(depth)
+    assert m.sum() > 0.8 * v.mask.sum()  # the object and floor are reconstructed, the background is not
+    assert not np.isfinite(depth[~v.mask]).any() or np.isfinite(depth[~v.mask]).mean() < 0.2
+    from lotus3d.mesh import load_mesh_geometry
+
+    assert len(load_mesh_geometry(tmp_path / "photo.glb").faces) > 1000
+    # bad input: predictions at another size
+    cache.write(
+        "photo",
+        simulate_realistic(
+            synthetic.Renderer(meshes).render(synthetic.preset_cameras("orbit", meshes, 8, 80, 60)[1]),
+            np.random.default_rng(0),
+        ),
+    )
+    assert main(["single", str(tmp_path / "photo.png"), "--predictions", str(tmp_path / "pred")]) == 2
+    assert "does not match the image" in capsys.readouterr().err
