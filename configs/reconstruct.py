@@ -33,7 +33,7 @@ class ReconstructConfig:
     )
     # multi-view consistency
     consistency: bool = setting(
-        False, "keep a pixel only where its depth agrees with a neighbouring view (or none can check it)"
+        True, "keep a pixel only where its depth agrees with a neighbouring view (or none can check it)"
     )
     consistency_views: int = setting(6, "neighbouring views each view is checked against")
     consistency_min_agree: int = setting(1, "neighbours that must agree for a pixel to stay")

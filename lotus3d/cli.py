@@ -262,7 +262,10 @@ def _demo(args: argparse.Namespace) -> int:
         print("predictions: Lotus (real inference on the rendered images)")
     else:
         print(f"predictions: SIMULATED, not Lotus output ({r.why})")
-        print("  The geometry pipeline is real; with Lotus weights, 'lotus3d demo --real' runs Lotus itself.")
+        print(
+            "  The geometry pipeline is real. With Lotus weights (cached, online, or --model PATH) the demo runs "
+            "Lotus itself; --real insists on it."
+        )
     print(f"scene: {r.scene} (rendered from the Spot cow mesh, exact ground truth in {r.scene / 'gt'})")
     print(f"mesh: {r.mesh}")
     print(
@@ -321,7 +324,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=["predict", "reconstruct"], help="which stage to benchmark")
+    p.add_argument("stage", choices=["predict", "reconstruct", "single"], help="which stage to benchmark")
     p.add_argument(
         "--size",
         choices=["sd2", "tiny"],
@@ -343,7 +346,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     help="benchmarks: ours vs a baseline, measured side by side (not tests)",
     description="Benchmarks print ours vs a baseline measured in the same run, as ratios. "
     "'predict': depth + normal for one 640x480 image with random-initialised SD2-sized Lotus models "
-    "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline.",
+    "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
+    "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
+    "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
@@ -351,13 +356,17 @@ def _bench(args: argparse.Namespace) -> int:
         from lotus3d.bench.predict import run
 
         run(args.size, args.processing_res, out=args.out)
+    elif args.stage == "single":
+        from lotus3d.bench.single import run as run_single_bench
+
+        run_single_bench()
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
         from lotus3d.configs import ReconstructConfig
 
         extra = {
-            "ours, global fit only": ReconstructConfig(local_alignment=False),
-            "ours + consistency": ReconstructConfig(consistency=True),
+            "ours without consistency": ReconstructConfig(consistency=False),
+            "ours, global fit only": ReconstructConfig(local_alignment=False, consistency=False),
         }
         run_reconstruct(out=args.out, prediction=args.prediction, extra_variants=extra)
     return 0
