@@ -276,6 +276,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- report
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="reconstruction folder (SCENE/lotus3d) or the scene folder")
+    p.add_argument("--max-views", type=int, default=60, help="views with panels (the worst first; default: 60)")
+
+
+@command(
+    "report",
+    help="write OUT/report.html: summary table, per-view panels, interactive 3D view",
+    description="One self-contained HTML file (works offline) to inspect a reconstruction: the per-view "
+    "alignment table and quality chart, each view's image / depth / normals / residuals and alignment scatter, "
+    "and an interactive 3D view of the mesh, cameras (coloured by alignment quality) and sparse points.",
+)
+@arguments(_report_args)
+def _report(args: argparse.Namespace) -> int:
+    from lotus3d.report import write_report
+
+    print(f"report: {write_report(args.out, max_views=args.max_views)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- eval
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", type=Path, help="reconstructed mesh (PLY, GLB, OBJ)")

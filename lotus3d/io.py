@@ -35,6 +35,10 @@ _EXIF_OPS = {
 
 
 # ----------------------------------------------------------------------------------- writing files
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one rename.
@@ -44,6 +48,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, mode) as f:
             yield f
