@@ -36,6 +36,7 @@ class PredictConfig:
         "auto", "model precision: auto = float16 on CUDA, float32 on CPU"
     )
     share_encode: bool = setting(True, "encode each image once when both checkpoints' VAEs are identical")
+    ray_cpus_per_worker: int = setting(1, "with --ray on machines without GPUs: CPUs (torch threads) per worker")
     on_error: Literal["skip", "fail"] = setting(
         "skip", "an unreadable image: 'skip' it (reported by name) or 'fail' the run"
     )

@@ -21,6 +21,9 @@ class ReconstructConfig:
         "auto", "SfM cameras: auto shares one per image size and EXIF focal; per_image for mixed cameras"
     )
     sfm_max_image_size: int = setting(1600, "longest edge SIFT sees, in pixels")
+    mapper: Literal["incremental", "global"] = setting(
+        "incremental", "SfM mapper: incremental (COLMAP) or global (GLOMAP, faster for thousands of images)"
+    )
     # alignment
     alignment: Literal["robust", "lstsq", "none"] = setting(
         "robust",
@@ -45,6 +48,11 @@ class ReconstructConfig:
     edge_threshold: float = setting(0.04, "relative depth jump between neighbour pixels that marks an edge")
     max_grazing_deg: float = setting(78.0, "drop pixels seen more obliquely than this (from predicted normals)")
     far_factor: float = setting(1.5, "drop pixels deeper than this times the view's 98th-percentile point depth")
+    fusion_chunks: int = setting(
+        1,
+        "fuse this many spatial slabs one after another and merge their meshes "
+        "(bounds the TSDF's memory for large scenes)",
+    )
     # mesh
     min_component_fraction: float = setting(0.02, "drop mesh pieces smaller than this fraction of the largest")
     simplify: int = setting(0, "decimate the mesh to this many triangles (0: keep all)")

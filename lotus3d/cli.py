@@ -37,6 +37,18 @@ def arguments(add: Callable[[argparse.ArgumentParser], None]):
     return wrap
 
 
+def _ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="spread Lotus inference over a Ray cluster at ADDRESS (e.g. ray://head:10001 or auto); "
+        "without ADDRESS a local Ray is started (needs: pip install 'lotus3d[ray]')",
+    )
+
+
 # ------------------------------------------------------------------------------------ predict
 def _predict_args(p: argparse.ArgumentParser) -> None:
     from lotus3d.configs import PredictConfig, add_arguments
@@ -45,6 +57,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", type=Path, default=None, help="cache folder (default: SCENE/predictions)")
     p.add_argument("--force", action="store_true", help="redo every view, even those already in the cache")
     p.add_argument("--config", type=Path, default=None, help="YAML file with a 'predict:' section")
+    _ray_arg(p)
     add_arguments(p, PredictConfig)
 
 
@@ -66,7 +79,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     base = load_yaml(PredictConfig, args.config, "predict") if args.config else None
     cfg = from_args(PredictConfig, args, base)
-    report = predict_scene(args.scene, cfg, out=args.out, force=args.force)
+    report = predict_scene(args.scene, cfg, out=args.out, force=args.force, ray_address=args.ray)
     out = args.out or args.scene / "predictions"
     print(
         f"predicted {len(report.predicted)} view(s), {len(report.cached)} already cached, "
@@ -87,6 +100,7 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: SCENE/lotus3d)")
     p.add_argument("--force", action="store_true", help="redo every stage instead of resuming")
     p.add_argument("--config", type=Path, default=None, help="YAML file with 'reconstruct:' / 'predict:' sections")
+    _ray_arg(p)
     add_arguments(p, ReconstructConfig)
     add_arguments(p, PredictConfig)
 
@@ -115,6 +129,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         from_args(ReconstructConfig, args, rbase),
         from_args(PredictConfig, args, pbase),
         force=args.force,
+        ray_address=args.ray,
     )
     r = result.report
     print(
@@ -345,7 +360,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=["predict", "reconstruct", "single"], help="which stage to benchmark")
+    p.add_argument("stage", choices=["predict", "reconstruct", "single", "ray"], help="which stage to benchmark")
     p.add_argument(
         "--size",
         choices=["sd2", "tiny"],
@@ -369,7 +384,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "'predict': depth + normal for one 640x480 image with random-initialised SD2-sized Lotus models "
     "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
-    "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI.",
+    "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI. 'ray': views per "
+    "second, local vs a local Ray cluster.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
@@ -377,6 +393,10 @@ def _bench(args: argparse.Namespace) -> int:
         from lotus3d.bench.predict import run
 
         run(args.size, args.processing_res, out=args.out)
+    elif args.stage == "ray":
+        from lotus3d.bench.ray import run as run_ray
+
+        run_ray(out=args.out)
     elif args.stage == "single":
         from lotus3d.bench.single import run as run_single_bench
 

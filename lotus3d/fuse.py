@@ -109,6 +109,8 @@ class TSDFVolume:
 
     def extract_mesh(self, weight_threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Marching cubes -> (vertices (V, 3), faces (F, 3), colors (V, 3) in [0, 1])."""
+        if self.num_blocks == 0:
+            return np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3))
         mesh = self.grid.extract_triangle_mesh(weight_threshold=float(weight_threshold))
         if mesh.vertex.positions.shape[0] == 0:
             return np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3))

@@ -7,6 +7,7 @@ interrupted run leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -119,8 +120,8 @@ def list_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def exif_orientation(path: str | Path) -> int:
-    """The EXIF orientation tag (1..8) of an image file; 1 when absent or unreadable."""
+def exif_orientation(path) -> int:
+    """The EXIF orientation tag (1..8) of an image file (path or file object); 1 when absent."""
     try:
         with Image.open(path) as im:
             value = im.getexif().get(0x0112, 1)
@@ -164,15 +165,20 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    return decode_image(path.read_bytes(), str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """:func:`load_image` for the bytes of an image file (``name`` is used in error messages)."""
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if raw is None:
-        raw = _load_with_pillow(path)
+        raw = _load_with_pillow(io.BytesIO(data))
     else:
         raw = _bgr_to_rgb(raw)
     if raw is None:
-        raise InputError(f"cannot read image {path}: not a decodable image file")
-    image = _to_float_rgb(raw, path)
-    return apply_exif_orientation(image, exif_orientation(path))
+        raise InputError(f"cannot read image {name}: not a decodable image file")
+    image = _to_float_rgb(raw, name)
+    return apply_exif_orientation(image, exif_orientation(io.BytesIO(data)))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -194,7 +200,7 @@ def _bgr_to_rgb(raw: np.ndarray) -> np.ndarray:
     return raw
 
 
-def _load_with_pillow(path: Path) -> np.ndarray | None:
+def _load_with_pillow(path) -> np.ndarray | None:
     try:
         with Image.open(path) as im:
             im.load()
@@ -205,7 +211,7 @@ def _load_with_pillow(path: Path) -> np.ndarray | None:
         return None
 
 
-def _to_float_rgb(raw: np.ndarray, path: Path) -> np.ndarray:
+def _to_float_rgb(raw: np.ndarray, path) -> np.ndarray:
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:

@@ -39,6 +39,22 @@ class Mesh:
         return cls(np.asarray(m.vertices).copy(), np.asarray(m.triangles).astype(np.int64), colors)
 
 
+def merge(parts: list[Mesh]) -> Mesh:
+    """Concatenate meshes (vertices, faces, colours); unused vertices are kept."""
+    parts = [p for p in parts if len(p.vertices)]
+    if not parts:
+        return Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3)))
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    colors = None
+    if all(p.colors is not None for p in parts):
+        colors = np.concatenate([p.colors for p in parts])
+    return Mesh(
+        np.concatenate([p.vertices for p in parts]),
+        np.concatenate([p.faces + o for p, o in zip(parts, offsets, strict=True)]),
+        colors,
+    )
+
+
 def remove_small_components(mesh: Mesh, min_fraction: float = 0.02, min_triangles: int = 50) -> Mesh:
     """Drop connected components whose area is below ``min_fraction`` of the largest one's, or that
     have fewer than ``min_triangles`` triangles (floaters)."""

@@ -229,6 +229,7 @@ def run_sfm(
     max_image_size: int = 1600,
     num_threads: int = -1,
     seed: int = 0,
+    mapper: Literal["incremental", "global"] = "incremental",
 ) -> tuple[SfMModel, dict]:
     """SIFT features, matching and incremental mapping with pycolmap; keeps the largest model.
 
@@ -238,6 +239,7 @@ def run_sfm(
             images of one size and EXIF focal length.
         max_image_size: SIFT runs on images downscaled to this longest edge (keypoints are
             reported at full resolution).
+        mapper: "incremental" (COLMAP) or "global" (GLOMAP in pycolmap; for thousands of images).
 
     Returns:
         (model, report) where report has registered / total counts and the unregistered names.
@@ -270,16 +272,20 @@ def run_sfm(
         pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
     else:
         pycolmap.match_sequential(db, device=pycolmap.Device.cpu)
-    options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = num_threads
-    options.random_seed = seed
-    options.min_model_size = 2
-    models = pycolmap.incremental_mapping(db, image_dir, work_dir / "sparse", options)
+    if mapper == "global":
+        models = pycolmap.global_mapping(db, image_dir, work_dir / "sparse")
+    else:
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = num_threads
+        options.random_seed = seed
+        options.min_model_size = 2
+        models = pycolmap.incremental_mapping(db, image_dir, work_dir / "sparse", options)
     best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
     registered = [] if best is None else sorted(best.images[i].name for i in best.reg_image_ids())
     failed = [n for n in names if n not in set(registered)]
     report = {
         "matcher": chosen,
+        "mapper": mapper,
         "registered": len(registered),
         "total": len(names),
         "unregistered": failed,

@@ -140,12 +140,15 @@ def predict_scene(
     predictor: LotusPredictor | None = None,
     stems: list[str] | None = None,
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> PredictReport:
     """Predict every image of ``scene`` into ``out`` (default ``SCENE/predictions``).
 
     Args:
         predictor: an already-loaded predictor (else loaded from ``cfg`` only if a view needs it).
         stems: restrict to these views (by file stem).
+        ray_address: spread the views over a Ray cluster ("local" starts one on this machine);
+            None predicts in this process.
 
     Views already in an up-to-date cache are skipped unless ``force``.
     """
@@ -168,6 +171,8 @@ def predict_scene(
             report.cached.append(p.stem)
         else:
             todo.append(p)
+    if todo and ray_address is not None:
+        return _predict_on_ray(todo, cfg, cache, meta, report, ray_address, start, progress)
     if todo:
         predictor = predictor or load_predictor(cfg)
         cache.write_meta(meta)
@@ -183,6 +188,39 @@ def predict_scene(
             continue
         cache.write(path.stem, predictor.predict(image))
         report.predicted.append(path.stem)
+    if report.predicted:
+        report.seconds_per_view = (time.perf_counter() - t0) / len(report.predicted)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _predict_on_ray(todo, cfg, cache, meta, report, address, start, progress) -> PredictReport:
+    from lotus3d.distributed import predict_distributed
+
+    cache.write_meta(meta)
+    bar = tqdm(total=len(todo), desc="lotus predict (ray)", unit="view", disable=not progress)
+
+    def write(stem, prediction):
+        cache.write(stem, prediction)
+        report.predicted.append(stem)
+
+    t0 = time.perf_counter()
+    try:
+        failed = predict_distributed(
+            [(p.stem, p) for p in todo],
+            cfg,
+            load_predictor,
+            write,
+            address,
+            cfg.ray_cpus_per_worker,
+            progress=bar.update,
+        )
+    finally:
+        bar.close()
+    if cfg.on_error == "fail" and failed:
+        stem, why = next(iter(failed.items()))
+        raise InputError(f"view {stem}: {why}")
+    report.failed.update(failed)
     if report.predicted:
         report.seconds_per_view = (time.perf_counter() - t0) / len(report.predicted)
     report.seconds = time.perf_counter() - start

@@ -69,6 +69,7 @@ def reconstruct(
     predict_cfg: PredictConfig | None = None,
     force: bool = False,
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> ReconstructResult:
     """Reconstruct ``scene`` (photos in SCENE/images or SCENE) into ``out`` (default SCENE/lotus3d)."""
     cfg = cfg or ReconstructConfig()
@@ -89,7 +90,7 @@ def reconstruct(
 
     # 2. predictions for every registered view
     t0 = time.perf_counter()
-    cache = _predictions(scene, model, images, predict_cfg, progress)
+    cache = _predictions(scene, model, images, predict_cfg, progress, ray_address)
     timings["predict"] = time.perf_counter() - t0
 
     # 3. per-view scale / shift against the sparse points -> OUT/depth/<stem>.npy
@@ -144,7 +145,7 @@ def reconstruct(
 # ------------------------------------------------------------------------------------- stages
 def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConfig, state: _State):
     given = Path(cfg.colmap) if cfg.colmap else (scene / "sparse" / "0" if (scene / "sparse" / "0").is_dir() else None)
-    fp = _fingerprint(str(given), sorted(images), cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size)
+    fp = _fingerprint(str(given), sorted(images), cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size, cfg.mapper)
     if state.done("sfm", fp) and (out / "sparse" / "cameras.txt").is_file():
         model = sfm.read_model(out / "sparse")
         report = load_json(out / "report.json").get("sfm", {}) if (out / "report.json").is_file() else {}
@@ -162,7 +163,12 @@ def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConf
         }
     else:
         model, report = sfm.run_sfm(
-            scene_images_dir(scene), out / "work" / "colmap", cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size
+            scene_images_dir(scene),
+            out / "work" / "colmap",
+            cfg.matcher,
+            cfg.camera_mode,
+            cfg.sfm_max_image_size,
+            mapper=cfg.mapper,
         )
         report["source"] = "pycolmap"
     if len(model.cameras) < 2:
@@ -181,7 +187,12 @@ def _check_sizes(model: sfm.SfMModel, images: dict[str, Path]) -> None:
 
 
 def _predictions(
-    scene: Path, model: sfm.SfMModel, images: dict[str, Path], pcfg: PredictConfig, progress: bool
+    scene: Path,
+    model: sfm.SfMModel,
+    images: dict[str, Path],
+    pcfg: PredictConfig,
+    progress: bool,
+    ray_address: str | None = None,
 ) -> PredictionCache:
     cache = PredictionCache(scene / "predictions")
     stems = [Path(n).stem for n in model.names]
@@ -189,7 +200,7 @@ def _predictions(
     if missing:
         if cache.exists():
             log.info("%d view(s) missing from the prediction cache; running Lotus for them", len(missing))
-        report = predict_scene(scene, pcfg, stems=missing, progress=progress)
+        report = predict_scene(scene, pcfg, stems=missing, progress=progress, ray_address=ray_address)
         if report.failed:
             raise InputError("cannot predict: " + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
     return cache
@@ -273,10 +284,6 @@ def _fuse(
 ):
     good = [n for n in model.names if alignments[n].ok]
     voxel = cfg.voxel_size or scene_extent(model) / cfg.resolution
-    vol = fuse.TSDFVolume(
-        fuse.TSDFOptions(voxel_size=voxel, trunc_voxels=cfg.trunc_voxels),
-        expected_blocks=_expected_blocks(model, voxel),
-    )
     meta = cache.read_meta()
     # per-view filtering: edges, grazing angles, far background
     depths = {}
@@ -302,20 +309,65 @@ def _fuse(
         for n, m in masks.items():
             depths[n] = np.where(m, depths[n], np.nan)
         kept_fraction = sum(int(np.isfinite(d).sum()) for d in depths.values()) / max(before, 1)
-    # TSDF
-    for name in tqdm(good, desc="fuse", unit="view", disable=not progress):
-        depth = depths.pop(name)
-        color = sfm.undistort(load_image(images[name]), model.undistort_maps.get(name))
-        depth_max = float(np.nanmax(depth)) * 1.01 if np.isfinite(depth).any() else 1.0
-        vol.integrate(depth, np.nan_to_num(color), model.cameras[name], depth_max=depth_max)
-    v, f, c = vol.extract_mesh(cfg.weight_threshold)
+    # TSDF, whole or in spatial chunks (each its own volume: memory bounded by the largest chunk)
+    chunks = _chunks(model, cfg.fusion_chunks)
+    margin = 2 * cfg.trunc_voxels * voxel
+    parts, blocks = [], []
+    for axis, lo, hi in chunks:
+        vol = fuse.TSDFVolume(
+            fuse.TSDFOptions(voxel_size=voxel, trunc_voxels=cfg.trunc_voxels),
+            expected_blocks=_expected_blocks(model, voxel) // len(chunks),
+        )
+        desc = "fuse" if len(chunks) == 1 else f"fuse chunk {len(parts) + 1}/{len(chunks)}"
+        for name in tqdm(good, desc=desc, unit="view", disable=not progress):
+            cam = model.cameras[name]
+            depth = (
+                depths.pop(name)
+                if len(chunks) == 1
+                else _clip_to_slab(depths[name], cam, axis, lo - margin, hi + margin)
+            )
+            if not np.isfinite(depth).any():
+                continue
+            color = sfm.undistort(load_image(images[name]), model.undistort_maps.get(name))
+            vol.integrate(depth, np.nan_to_num(color), cam, depth_max=float(np.nanmax(depth)) * 1.01)
+        v, f, c = vol.extract_mesh(cfg.weight_threshold)
+        if len(chunks) > 1 and len(f):
+            centre = v[f].mean(1)[:, axis]
+            f = f[(centre >= lo) & (centre < hi)]
+        parts.append(mesh.Mesh(v, f, c))
+        blocks.append(vol.num_blocks)
     info = {
         "voxel_size": voxel,
         "views_integrated": len(good),
-        "blocks": vol.num_blocks,
+        "blocks": int(sum(blocks)),
+        "max_blocks_in_memory": int(max(blocks)),
+        "chunks": len(chunks),
         "consistency_kept_fraction": kept_fraction,
     }
-    return mesh.Mesh(v, f, c), info
+    return mesh.merge(parts), info
+
+
+def _chunks(model: sfm.SfMModel, n: int) -> list[tuple[int, float, float]]:
+    """``n`` slabs (axis, lo, hi) along the longest side of the sparse points' extent (outer slabs open)."""
+    if n <= 1:
+        return [(0, -np.inf, np.inf)]
+    pts = model.points if len(model.points) >= 10 else np.array([c.center for c in model.cameras.values()])
+    lo, hi = np.percentile(pts, 1, axis=0), np.percentile(pts, 99, axis=0)
+    axis = int(np.argmax(hi - lo))
+    edges = np.linspace(lo[axis], hi[axis], n + 1)
+    edges[0], edges[-1] = -np.inf, np.inf
+    return [(axis, float(edges[i]), float(edges[i + 1])) for i in range(n)]
+
+
+def _clip_to_slab(depth: np.ndarray, cam: Camera, axis: int, lo: float, hi: float) -> np.ndarray:
+    """The depth map with pixels whose 3D point lies outside lo <= x[axis] < hi set to NaN."""
+    h, w = depth.shape
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    K, T = cam.K, cam.camera_to_world
+    pc = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1)
+    coord = pc @ T[axis, :3] + T[axis, 3]
+    with np.errstate(invalid="ignore"):
+        return np.where((coord >= lo) & (coord < hi), depth, np.nan).astype(np.float32)
 
 
 def _view_tolerance(al: Alignment) -> float:
@@ -339,9 +391,10 @@ def scene_extent(model: sfm.SfMModel) -> float:
 
 
 def _expected_blocks(model: sfm.SfMModel, voxel: float) -> int:
-    """Initial hash-map size: surface area ~ extent^2, in blocks of 8 voxels (grows if needed)."""
+    """Initial hash-map size: surface area ~ extent^2 in blocks of 8^3 voxels, capped at 30k blocks
+    (about 300 MB); Open3D grows the map as the scene needs, so memory follows the surface."""
     ext = scene_extent(model)
-    return int(min(4e6, 6 * (ext / (8 * voxel)) ** 2))
+    return int(min(30_000, 6 * (ext / (8 * voxel)) ** 2))
 
 
 def _formats(cfg: ReconstructConfig) -> list[str]:

@@ -194,3 +194,25 @@ def test_demo_and_eval_commands(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert {"accuracy", "completeness", "chamfer", "precision", "recall", "fscore"} <= set(metrics)
     assert abs(metrics["fscore"] - fscore) < 0.05
+
+
+def test_chunked_fusion_bounds_memory_and_keeps_the_surface(scene, tmp_path):
+    whole = reconstruct(scene, tmp_path / "whole", progress=False)
+    chunked = reconstruct(scene, tmp_path / "chunked", ReconstructConfig(fusion_chunks=3), progress=False)
+    f = chunked.report["fusion"]
+    assert f["chunks"] == 3 and f["max_blocks_in_memory"] < 0.85 * whole.report["fusion"]["blocks"]
+    m_whole, m_chunked = _score(scene, tmp_path / "whole"), _score(scene, tmp_path / "chunked")
+    assert m_chunked["fscore"] > m_whole["fscore"] - 0.01
+
+
+def test_global_mapper(tmp_path):
+    from lotus3d.sfm import run_sfm
+
+    scene = tmp_path / "s"
+    write_scene(scene, "orbit", 24, 480, 360, seed=3, sparse_points=500)
+    model, report = run_sfm(scene / "images", tmp_path / "work", mapper="global")
+    assert report["mapper"] == "global" and report["registered"] >= 20
+    ref = read_model(scene / "sparse" / "0").cameras
+    s, R, t = similarity_from_cameras(model.cameras, ref)
+    err = [np.linalg.norm(s * R @ model.cameras[n].center + t - ref[n].center) for n in model.cameras]
+    assert np.median(err) < 0.05 * np.linalg.norm(ref["view_000.png"].center - ref["view_012.png"].center)

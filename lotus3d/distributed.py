@@ -1,0 +1,137 @@
+"""Per-view Lotus inference spread over a Ray cluster (optional: ``pip install lotus3d[ray]``).
+
+The driver reads each image's bytes and sends them to a pool of actors; each actor loads the
+models once (one per GPU, or one per ``cpus_per_worker`` CPUs without GPUs) and returns the
+prediction; the driver writes it to the same prediction cache as a local run, atomically, as it
+arrives — so an interrupted distributed run resumes like a local one. An actor process that dies
+is restarted by Ray and its in-flight views are retried; a view that raises (an unreadable image,
+say) is reported by name and the others complete. Nothing here is imported without ``--ray``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+from .configs import PredictConfig
+from .errors import Lotus3DError
+from .types import Prediction
+
+FAULT_ENV = "LOTUS3D_FAULT_INJECT"  # tests only: "STEM:MARKER" makes a worker die once on view STEM
+
+
+class _Worker:
+    """Ray actor body: a Lotus predictor loaded once, predicting one image's bytes per call."""
+
+    def __init__(self, factory: Callable[[PredictConfig], object], cfg: dict, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        os.environ["LOTUS3D_THREADS"] = str(max(1, threads))
+        self.predictor = factory(PredictConfig(**cfg))
+
+    def predict(self, stem: str, name: str, data: bytes) -> tuple[str, Prediction | None, str | None]:
+        from .io import decode_image
+
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault.startswith(stem + ":"):
+            marker = Path(fault.split(":", 1)[1])
+            if not marker.exists():
+                marker.write_text("crashed once")
+                os._exit(1)  # simulate a worker that dies mid-view
+        try:
+            return stem, self.predictor.predict(decode_image(data, name)), None
+        except Lotus3DError as e:
+            return stem, None, str(e)
+        except Exception as e:  # a bug or a CUDA error on one view must not sink the run
+            return stem, None, f"{type(e).__name__}: {e}"
+
+
+def _init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address in (None, "", "local"):
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+
+
+def pool_size(cpus_per_worker: int) -> tuple[int, int, float]:
+    """(actors, threads per actor, GPUs per actor) for the connected cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    cpus = int(res.get("CPU", 1))
+    if gpus:
+        return gpus, max(1, cpus // gpus), 1.0
+    per = max(1, min(cpus_per_worker, cpus))
+    return max(1, cpus // per), per, 0.0
+
+
+def predict_distributed(
+    items: Iterable[tuple[str, Path]],
+    cfg: PredictConfig,
+    factory: Callable[[PredictConfig], object],
+    write: Callable[[str, Prediction], None],
+    address: str | None = None,
+    cpus_per_worker: int = 1,
+    in_flight_per_worker: int = 2,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, str]:
+    """Predict every (stem, image path) on Ray; ``write(stem, prediction)`` each result as it comes.
+
+    ``factory(cfg)`` builds a predictor in each actor (a module-level function, pickled by reference).
+
+    Returns:
+        {stem: error message} for the views that failed.
+    """
+    import ray
+
+    _init(address)
+    n_actors, threads, gpus = pool_size(cpus_per_worker)
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=3)(_Worker)
+    env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
+    actors = [
+        remote.options(runtime_env={"env_vars": env} if env else None).remote(factory, asdict(cfg), threads)
+        for _ in range(n_actors)
+    ]
+    queue = list(items)
+    failed: dict[str, str] = {}
+    pending: dict = {}
+    turn = 0
+
+    def submit() -> None:
+        nonlocal turn
+        stem, path = queue.pop(0)
+        actor = actors[turn % len(actors)]
+        turn += 1
+        pending[actor.predict.remote(stem, Path(path).name, Path(path).read_bytes())] = stem
+
+    for _ in range(min(len(queue), n_actors * in_flight_per_worker)):
+        submit()
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            stem = pending.pop(ref)
+            try:
+                _, pred, err = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the actor kept dying: give up on this view only
+                pred, err = None, f"worker failed: {type(e).__name__}"
+            if err is None and pred is not None:
+                write(stem, pred)
+            else:
+                failed[stem] = err or "no result"
+            if progress:
+                progress()
+            if queue:
+                submit()
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return failed
