@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .fuse import depth_edges
 from .synthetic import RenderedView, normalize_disparity, smooth_field
 from .types import Prediction
 
@@ -78,7 +79,7 @@ def simulate_realistic(
     d = np.where(mask, view.depth, np.nan).astype(np.float64)
     band = None
     if blur_px > 0:  # pixels next to depth discontinuities, where the prediction is smeared
-        jump = _discontinuities(np.where(mask, view.depth, np.inf), 0.05)
+        jump = depth_edges(np.where(mask, view.depth, np.nan), 0.05)
         band = ndimage.binary_dilation(jump, iterations=int(np.ceil(2 * blur_px)))
     pixel_noise = rng.normal(0, 0.0001, (h, w))
 
@@ -98,23 +99,6 @@ def simulate_realistic(
     pred = predict((lo + hi) / 2)
     normal = _realistic_normals(view, rng, normal_bias_deg, normal_noise_deg, blur_px)
     return Prediction(pred.astype(np.float32), "disparity", normal)
-
-
-def _discontinuities(depth: np.ndarray, rel: float) -> np.ndarray:
-    """(H, W) bool: pixels next to a relative depth jump > ``rel`` (background = inf)."""
-    out = np.zeros(depth.shape, bool)
-    for axis in (0, 1):
-        a = np.take(depth, range(depth.shape[axis] - 1), axis)
-        b = np.take(depth, range(1, depth.shape[axis]), axis)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            j = np.abs(a - b) / np.minimum(a, b) > rel
-        j |= np.isinf(a) != np.isinf(b)
-        pad_a = [(0, 0), (0, 0)]
-        pad_b = [(0, 0), (0, 0)]
-        pad_a[axis] = (0, 1)
-        pad_b[axis] = (1, 0)
-        out |= np.pad(j, pad_a) | np.pad(j, pad_b)
-    return out
 
 
 def _realistic_normals(

@@ -130,39 +130,6 @@ def orbit_cameras(
     return cams
 
 
-def room_cameras(
-    mesh: TexturedMesh,
-    n: int,
-    width: int = 640,
-    height: int = 480,
-    fov_deg: float = 60.0,
-    seed: int = 0,
-    up_axis: int | None = None,
-) -> list[Camera]:
-    """``n`` cameras inside a room-like mesh, near its middle, panning around with overlap.
-
-    The up axis defaults to the bounding box's shortest side (rooms are lower than they are wide).
-    """
-    rng = np.random.default_rng(seed)
-    lo, hi = mesh.bounds
-    ext = hi - lo
-    up_axis = int(np.argmin(ext)) if up_axis is None else up_axis
-    up = np.zeros(3)
-    up[up_axis] = 1.0
-    a, b = [i for i in range(3) if i != up_axis]
-    K = intrinsics(width, height, fov_deg)
-    center = (lo + hi) / 2
-    cams = []
-    for i in range(n):
-        yaw = 2 * np.pi * i / n
-        pos = center + np.array([rng.uniform(-0.12, 0.12) * e for e in ext])
-        pos[up_axis] = lo[up_axis] + ext[up_axis] * rng.uniform(0.45, 0.6)
-        d = np.zeros(3)
-        d[a], d[b], d[up_axis] = np.cos(yaw), np.sin(yaw), -0.25
-        cams.append(Camera(K=K.copy(), world_to_camera=look_at(pos, pos + d, up), width=width, height=height))
-    return cams
-
-
 # --------------------------------------------------------------------------------------- rendering
 @dataclass
 class RenderedView:

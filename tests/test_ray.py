@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import ray  # noqa: E402 - the README's set-up installs the [ray] extra
+import ray
 from PIL import Image
 
 from lotus3d.cache import PredictionCache
@@ -51,13 +51,30 @@ def test_ray_cache_matches_the_local_cache(tmp_path, tiny_models):
         np.testing.assert_allclose(pb.normal, pa.normal, atol=1e-4)
 
 
-def test_interrupted_ray_run_resumes(tmp_path, tiny_models):
-    scene = _scene(tmp_path)
+def test_killed_ray_run_resumes(tmp_path, tiny_models):
+    """Kill a `lotus3d predict --ray` process (and its local Ray) once some views are cached; re-run."""
+    import os
+    import signal
+    import time
+
+    scene = _scene(tmp_path, n=10)
     out = tmp_path / "cache"
-    predict_scene(scene, _cfg(tiny_models), out=out, progress=False, ray_address="local", stems=["v0", "v1", "v2"])
-    assert PredictionCache(out).stems() == ["v0", "v1", "v2"]  # as if stopped halfway
+    cmd = [sys.executable, "-m", "lotus3d.cli", "predict", str(scene), "-o", str(out), "--ray",
+           "--model", str(tiny_models["depth_g"]), "--normal-model", str(tiny_models["normal_g"]),
+           "--processing-res", "64"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "depth").glob("*.npy"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = PredictionCache(out).stems()
+    assert 2 <= len(done_before) < 10, "the run should have been stopped halfway"
+    assert not list(out.rglob("*.tmp"))  # nothing half-written
     r = predict_scene(scene, _cfg(tiny_models), out=out, progress=False, ray_address="local")
-    assert sorted(r.cached) == ["v0", "v1", "v2"] and sorted(r.predicted) == ["v3", "v4", "v5"]
+    assert sorted(r.cached) == done_before
+    assert sorted(r.cached + r.predicted) == [f"v{i}" for i in range(10)]
 
 
 def test_a_failing_view_is_reported_by_name_and_the_others_complete(tmp_path, tiny_models):
