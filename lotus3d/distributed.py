@@ -23,7 +23,7 @@ FAULT_ENV = "LOTUS3D_FAULT_INJECT"  # tests only: "STEM:MARKER" makes a worker d
 
 
 class _Worker:
-    """Ray actor body: a Lotus predictor loaded once, predicting one image's bytes per call."""
+    """Ray actor body: a Lotus predictor loaded once, predicting a batch of images' bytes per call."""
 
     def __init__(self, factory: Callable[[PredictConfig], object], cfg: dict, threads: int):
         import torch
@@ -32,21 +32,28 @@ class _Worker:
         os.environ["LOTUS3D_THREADS"] = str(max(1, threads))
         self.predictor = factory(PredictConfig(**cfg))
 
-    def predict(self, stem: str, name: str, data: bytes) -> tuple[str, Prediction | None, str | None]:
+    def predict(self, batch: list[tuple[str, str, bytes]]) -> list[tuple[str, Prediction | None, str | None]]:
+        """Predict a batch of (stem, file name, file bytes); same-size images share forward passes."""
         from .io import decode_image
 
-        fault = os.environ.get(FAULT_ENV, "")
-        if fault.startswith(stem + ":"):
-            marker = Path(fault.split(":", 1)[1])
-            if not marker.exists():
-                marker.write_text("crashed once")
-                os._exit(1)  # simulate a worker that dies mid-view
+        images, results = {}, {}
+        for stem, name, data in batch:
+            fault = os.environ.get(FAULT_ENV, "")
+            if fault.startswith(stem + ":"):
+                marker = Path(fault.split(":", 1)[1])
+                if not marker.exists():
+                    marker.write_text("crashed once")
+                    os._exit(1)  # simulate a worker that dies mid-view
+            try:
+                images[stem] = decode_image(data, name)
+            except Lotus3DError as e:
+                results[stem] = (stem, None, str(e))
         try:
-            return stem, self.predictor.predict(decode_image(data, name)), None
-        except Lotus3DError as e:
-            return stem, None, str(e)
-        except Exception as e:  # a bug or a CUDA error on one view must not sink the run
-            return stem, None, f"{type(e).__name__}: {e}"
+            preds = self.predictor.predict_batch(list(images.values())) if images else []
+            results.update({stem: (stem, p, None) for stem, p in zip(images, preds, strict=True)})
+        except Exception as e:  # a bug or a CUDA error must not sink the run: report this batch's views
+            results.update({stem: (stem, None, f"{type(e).__name__}: {e}") for stem in images})
+        return [results[stem] for stem, _, _ in batch]
 
 
 def _init(address: str | None) -> None:
@@ -81,11 +88,13 @@ def predict_distributed(
     address: str | None = None,
     cpus_per_worker: int = 1,
     in_flight_per_worker: int = 2,
+    batch_size: int = 1,
     progress: Callable[[], None] | None = None,
 ) -> dict[str, str]:
     """Predict every (stem, image path) on Ray; ``write(stem, prediction)`` each result as it comes.
 
     ``factory(cfg)`` builds a predictor in each actor (a module-level function, pickled by reference).
+    Each call carries ``batch_size`` views; ``in_flight_per_worker`` calls are queued per actor.
 
     Returns:
         {stem: error message} for the views that failed.
@@ -107,28 +116,31 @@ def predict_distributed(
 
     def submit() -> None:
         nonlocal turn
-        stem, path = queue.pop(0)
+        batch, queue[:] = queue[:batch_size], queue[batch_size:]
         actor = actors[turn % len(actors)]
         turn += 1
-        pending[actor.predict.remote(stem, Path(path).name, Path(path).read_bytes())] = stem
+        ref = actor.predict.remote([(stem, Path(path).name, Path(path).read_bytes()) for stem, path in batch])
+        pending[ref] = [stem for stem, _ in batch]
 
-    for _ in range(min(len(queue), n_actors * in_flight_per_worker)):
-        submit()
+    for _ in range(n_actors * in_flight_per_worker):
+        if queue:
+            submit()
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
-            stem = pending.pop(ref)
+            stems = pending.pop(ref)
             try:
-                _, pred, err = ray.get(ref)
-            except ray.exceptions.RayError as e:  # the actor kept dying: give up on this view only
-                pred, err = None, f"worker failed: {type(e).__name__}"
-            if err is None and pred is not None:
-                write(stem, pred)
-            else:
-                failed[stem] = err or "no result"
-            if progress:
-                progress()
+                results = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the actor kept dying: give up on these views only
+                results = [(stem, None, f"worker failed: {type(e).__name__}") for stem in stems]
+            for stem, pred, err in results:
+                if err is None and pred is not None:
+                    write(stem, pred)
+                else:
+                    failed[stem] = err or "no result"
+                if progress:
+                    progress()
             if queue:
                 submit()
     finally:

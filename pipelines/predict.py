@@ -213,6 +213,7 @@ def _predict_on_ray(todo, cfg, cache, meta, report, address, start, progress) ->
             write,
             address,
             cfg.ray_cpus_per_worker,
+            batch_size=cfg.batch_size,
             progress=bar.update,
         )
     finally:

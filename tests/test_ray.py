@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -59,11 +60,29 @@ def test_killed_ray_run_resumes(tmp_path, tiny_models):
 
     scene = _scene(tmp_path, n=10)
     out = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "lotus3d.cli", "predict", str(scene), "-o", str(out), "--ray",
-           "--model", str(tiny_models["depth_g"]), "--normal-model", str(tiny_models["normal_g"]),
-           "--processing-res", "64"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "lotus3d.cli",
+        "predict",
+        str(scene),
+        "-o",
+        str(out),
+        "--ray",
+        "--model",
+        str(tiny_models["depth_g"]),
+        "--normal-model",
+        str(tiny_models["normal_g"]),
+        "--processing-res",
+        "64",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "depth").glob("*.npy"))) < 2:
         time.sleep(0.2)
@@ -80,7 +99,8 @@ def test_killed_ray_run_resumes(tmp_path, tiny_models):
 def test_a_failing_view_is_reported_by_name_and_the_others_complete(tmp_path, tiny_models):
     scene = _scene(tmp_path)
     (scene / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    r = predict_scene(scene, _cfg(tiny_models), out=tmp_path / "c", progress=False, ray_address="local")
+    cfg = dataclasses.replace(_cfg(tiny_models), batch_size=3)  # the bad view shares a batch with good ones
+    r = predict_scene(scene, cfg, out=tmp_path / "c", progress=False, ray_address="local")
     assert list(r.failed) == ["broken"] and "broken.jpg" in r.failed["broken"]
     assert len(r.predicted) == 6
 
