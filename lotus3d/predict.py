@@ -179,7 +179,7 @@ def load_lotus(
 
     Args:
         vae: an already-loaded VAE to use instead of the checkpoint's (only pass one whose
-            weights equal the checkpoint's; see :func:`same_weights`).
+            weights equal the checkpoint's; see :func:`vae_weights_equal`).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -236,14 +236,6 @@ def _quiet_loading() -> None:
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two modules have the same parameter names, shapes and values (bit-exact)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    if sa.keys() != sb.keys():
-        return False
-    return all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def vae_weights_equal(path_a: Path, path_b: Path) -> bool:

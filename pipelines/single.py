@@ -8,7 +8,6 @@ integration with the prior; a textured mesh cut at discontinuities; refined dept
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +191,3 @@ def _preview(depth: np.ndarray, normal: np.ndarray, mask: np.ndarray) -> np.ndar
     col[~mask] = 0
     nc = np.where(mask[..., None], -normal * 0.5 + 0.5, 0)
     return np.concatenate([col, nc], 1).astype(np.float32)
-
-
-def load_report(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
