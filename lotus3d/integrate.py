@@ -257,7 +257,7 @@ def _upsample(z_coarse: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _solve_level(nrm, m, K, log_prior, init, prior_weight, k, max_iter, tol, cg_tol, solver, depth_tol=1e-4):
+def _solve_level(nrm, m, K, log_prior, init, prior_weight, k, max_iter, tol, cg_tol, solver, depth_tol=3e-3):
     """IRLS on one resolution. Returns (log-depth image with NaN outside, weights (H, W, 4),
     iterations, CG iterations, energy)."""
     system = _build(nrm, m, K)
@@ -301,7 +301,7 @@ def _solve_level(nrm, m, K, log_prior, init, prior_weight, k, max_iter, tol, cg_
         z, _ = cg(A, b, x0=z, rtol=cg_tol, maxiter=20000, M=M, callback=count_cg)
         weights = _weights(system, z, k)
         new_energy = _energy(system, z, weights, lam, z_prior)
-        # stop when the energy settles, or when the depth itself no longer moves (a 0.01 % change)
+        # stop when the energy settles, or when no pixel's depth moves by more than depth_tol (0.3 %)
         if abs(energy - new_energy) / max(abs(energy), 1e-30) < tol or np.abs(z - z_old).max() < depth_tol:
             energy = new_energy
             break
