@@ -166,10 +166,8 @@ def _finish(al: Alignment, p: np.ndarray, r: np.ndarray, inliers: np.ndarray, o:
     ratio = al.num_inliers / max(al.num_points, 1)
     if al.scale <= 0:
         al.ok, al.reason = False, "non-positive scale (prediction anti-correlated with the points)"
-    elif al.kind == "disparity" and al.scale * np.percentile(p, 1) + al.shift <= 0:
-        al.ok, al.reason = False, "aligned disparity is not positive over the observed prediction range"
-    elif al.kind == "depth" and al.scale * np.percentile(p, 1) + al.shift <= 0:
-        al.ok, al.reason = False, "aligned depth is not positive over the observed prediction range"
+    elif al.scale * np.percentile(p, 1) + al.shift <= 0:
+        al.ok, al.reason = False, f"aligned {al.kind} is not positive over the observed prediction range"
     elif ratio < o.min_inlier_ratio:
         al.ok, al.reason = False, f"only {ratio:.0%} of the points agree with the fit"
     elif al.residual_percentiles.get("p50", 0.0) > o.max_median_residual:

@@ -29,12 +29,19 @@ from .synthetic import RenderedView, normalize_disparity, smooth_field
 from .types import Prediction
 
 
+def best_affine_disparity(pred_disp: np.ndarray, gt_depth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(s, t) of the least-squares fit s p + t ~ 1 / depth over ``mask`` (the Lotus evaluation protocol)."""
+    p = pred_disp[mask].astype(np.float64)
+    A = np.stack([p, np.ones_like(p)], -1)
+    (s, t), *_ = np.linalg.lstsq(A, 1.0 / gt_depth[mask].astype(np.float64), rcond=None)
+    return float(s), float(t)
+
+
 def affine_absrel(pred_disp: np.ndarray, gt_depth: np.ndarray, mask: np.ndarray) -> float:
     """Depth AbsRel of a disparity prediction after its least-squares scale and shift in disparity."""
+    s, t = best_affine_disparity(pred_disp, gt_depth, mask)
     p = pred_disp[mask].astype(np.float64)
     d = gt_depth[mask].astype(np.float64)
-    A = np.stack([p, np.ones_like(p)], -1)
-    (s, t), *_ = np.linalg.lstsq(A, 1.0 / d, rcond=None)
     disp = np.maximum(s * p + t, 1e-6)
     return float(np.mean(np.abs(1.0 / disp - d) / d))
 

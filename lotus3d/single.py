@@ -75,12 +75,8 @@ def recover_shift(
     m = np.isfinite(pred) if mask is None else (mask & np.isfinite(pred))
     lo_p, hi_p = np.percentile(pred[m], [1, 99])
     span = max(hi_p - lo_p, 1e-6)
-    if kind == "disparity":
-        base = -lo_p + 1e-3 * span  # keep p + t > 0 on (almost) every pixel
-        cands = base + span * np.logspace(-3, 2, samples)
-    else:
-        base = -lo_p + 1e-3 * span
-        cands = base + span * np.logspace(-3, 2, samples)
+    # shifts that keep p + t > 0 on (almost) every pixel, log-spaced over five decades of the range
+    cands = -lo_p + 1e-3 * span + span * np.logspace(-3, 2, samples)
 
     step = max(1, round(min(pred.shape) / 150))  # compare over a few pixels: robust to pixel noise
 

@@ -294,10 +294,11 @@ def sample_sparse_points(
             their distance (wrong matches triangulated at a wrong depth, as SfM outliers are).
     """
     rng = np.random.default_rng(seed)
-    tm = renderer.mesh.to_trimesh()
+    merged = renderer.mesh
+    tm = merged.to_trimesh()
     pts, fids = trimesh.sample.sample_surface(tm, n * 3, seed=int(rng.integers(1 << 31)))
     pts = np.asarray(pts)
-    diag = float(np.linalg.norm(np.ptp(renderer.mesh.vertices, 0)))
+    diag = float(np.linalg.norm(np.ptp(merged.vertices, 0)))
     obs: list[list[tuple[int, float, float]]] = [[] for _ in range(len(pts))]
     for vi, view in enumerate(views):
         cam = view.camera

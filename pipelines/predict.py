@@ -171,12 +171,20 @@ def predict_scene(
             report.cached.append(p.stem)
         else:
             todo.append(p)
-    if todo and ray_address is not None:
-        return _predict_on_ray(todo, cfg, cache, meta, report, ray_address, start, progress)
-    if todo:
-        predictor = predictor or load_predictor(cfg)
-        cache.write_meta(meta)
     t0 = time.perf_counter()
+    if todo:
+        cache.write_meta(meta)
+        if ray_address is not None:
+            _predict_on_ray(todo, cfg, cache, report, ray_address, progress)
+        else:
+            _predict_here(todo, cfg, cache, report, predictor or load_predictor(cfg), progress)
+    if report.predicted:
+        report.seconds_per_view = (time.perf_counter() - t0) / len(report.predicted)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _predict_here(todo, cfg, cache, report, predictor, progress) -> None:
     for path in tqdm(todo, desc="lotus predict", unit="view", disable=not progress):
         try:
             image = load_image(path)
@@ -188,23 +196,17 @@ def predict_scene(
             continue
         cache.write(path.stem, predictor.predict(image))
         report.predicted.append(path.stem)
-    if report.predicted:
-        report.seconds_per_view = (time.perf_counter() - t0) / len(report.predicted)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
-def _predict_on_ray(todo, cfg, cache, meta, report, address, start, progress) -> PredictReport:
+def _predict_on_ray(todo, cfg, cache, report, address, progress) -> None:
     from lotus3d.distributed import predict_distributed
 
-    cache.write_meta(meta)
     bar = tqdm(total=len(todo), desc="lotus predict (ray)", unit="view", disable=not progress)
 
     def write(stem, prediction):
         cache.write(stem, prediction)
         report.predicted.append(stem)
 
-    t0 = time.perf_counter()
     try:
         failed = predict_distributed(
             [(p.stem, p) for p in todo],
@@ -222,7 +224,3 @@ def _predict_on_ray(todo, cfg, cache, meta, report, address, start, progress) ->
         stem, why = next(iter(failed.items()))
         raise InputError(f"view {stem}: {why}")
     report.failed.update(failed)
-    if report.predicted:
-        report.seconds_per_view = (time.perf_counter() - t0) / len(report.predicted)
-    report.seconds = time.perf_counter() - start
-    return report

@@ -361,13 +361,11 @@ def _chunks(model: sfm.SfMModel, n: int) -> list[tuple[int, float, float]]:
 
 def _clip_to_slab(depth: np.ndarray, cam: Camera, axis: int, lo: float, hi: float) -> np.ndarray:
     """The depth map with pixels whose 3D point lies outside lo <= x[axis] < hi set to NaN."""
-    h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w), np.arange(h))
-    K, T = cam.K, cam.camera_to_world
-    pc = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1)
-    coord = pc @ T[axis, :3] + T[axis, 3]
-    with np.errstate(invalid="ignore"):
-        return np.where((coord >= lo) & (coord < hi), depth, np.nan).astype(np.float32)
+    pts, pix = consistency.backproject(depth, cam)
+    keep = (pts[:, axis] >= lo) & (pts[:, axis] < hi)
+    out = np.full(depth.shape, np.nan, np.float32)
+    out[pix[keep, 1], pix[keep, 0]] = depth[pix[keep, 1], pix[keep, 0]]
+    return out
 
 
 def _view_tolerance(al: Alignment) -> float:

@@ -25,6 +25,7 @@ from ..configs import ReconstructConfig
 from ..mesh import load_mesh_geometry
 from ..metrics import evaluate_mesh
 from ..sfm import read_model
+from ..simulate import best_affine_disparity
 from ..synthetic import write_scene
 from ..types import Prediction
 
@@ -78,8 +79,7 @@ def oracle_affine_cache(scene: Path, target: Path) -> None:
         pred = src.read(stem)
         gt = np.load(scene / "gt" / "depth" / f"{stem}.npy")
         m = np.isfinite(gt) & np.isfinite(pred.depth)
-        A = np.stack([pred.depth[m], np.ones(m.sum())], -1).astype(np.float64)
-        (s, t), *_ = np.linalg.lstsq(A, 1.0 / gt[m], rcond=None)
+        s, t = best_affine_disparity(pred.depth, gt, m)
         disp = s * pred.depth.astype(np.float64) + t
         depth = np.where(m & (disp > 0), 1.0 / np.maximum(disp, 1e-9), np.nan).astype(np.float32)
         cache.write(stem, Prediction(depth, "depth", pred.normal))
