@@ -183,7 +183,10 @@ def _single_args(p: argparse.ArgumentParser) -> None:
         help="apply the normal sign convention that agrees with the depth prior, if not the expected one",
     )
     p.add_argument(
-        "--prior-weight", type=float, default=1e-3, help="weight of the depth prior against the normals (default: 1e-3)"
+        "--prior-weight",
+        type=float,
+        default=1e-2,
+        help="weight of the depth prior against the normals (default: 1e-2; smaller trusts the normals further)",
     )
     p.add_argument(
         "--sky-threshold",

@@ -28,23 +28,13 @@ from ..sfm import read_model
 from ..simulate import best_affine_disparity
 from ..synthetic import write_scene
 from ..types import Prediction
+from . import shared_data
 
 SCENES = {
     # name: (preset, views, extra mesh under shared/data)
     "orbit": ("orbit", 24, None),
     "objects": ("objects", 32, "mesh_fuze_bottle/fuze.obj"),
 }
-
-
-def _shared_data() -> Path | None:
-    for base in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
-        cand = base / "shared" / "data"
-        if cand.is_dir():
-            return cand
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return None
 
 
 def variant_scene(scene: Path, root: Path, name: str) -> Path:
@@ -113,7 +103,7 @@ def run(
 ) -> list[dict]:
     """Render, reconstruct and score every scene and variant; print a table; return the rows."""
     out = Path(out or "bench_out/reconstruct")
-    data = _shared_data()
+    data = shared_data()
     rows = []
     for key in scenes:
         preset, views, extra = SCENES[key]

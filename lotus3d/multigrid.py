@@ -1,0 +1,236 @@
+"""Conjugate gradients with a multigrid preconditioner for weighted 5-point Laplacians on image grids.
+
+The systems solved here have the form ``(L + diag(lam)) z = b`` on a pixel grid, where L is the graph
+Laplacian with a conductance on every edge between 4-neighbours:
+
+    cx[y, x] >= 0   edge (y, x) - (y, x + 1)      cy[y, x] >= 0   edge (y, x) - (y + 1, x)
+
+and ``diag`` holds the full diagonal (lam plus the incident conductances). Every array is padded by
+one pixel on each side (border: not valid, zero conductance), so the kernels need no bounds checks.
+Pixels outside ``valid`` are decoupled (zero conductances, diagonal 1, right-hand side 0).
+
+Conductances may jump by orders of magnitude (the bilateral weights of normal integration switch
+edges off at depth discontinuities), which defeats plain geometric multigrid; here the coarse levels
+are Galerkin products of a 2 x 2 piecewise-constant aggregation, so a switched-off edge stays off on
+every level, and each coarse operator is again a 5-point Laplacian (conductances summed across block
+borders). One V-cycle (symmetric red-black Gauss-Seidel, an over-corrected coarse correction, a
+dense pseudo-inverse on the coarsest level) preconditions CG. The kernels are compiled with numba
+and single-threaded: on two cores a thread pool cost more than it saved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Piecewise-constant prolongation underestimates smooth corrections; scaling the coarse correction
+# (the preconditioner stays symmetric) cut CG iterations about 3x on normal-integration systems.
+OVER_CORRECTION = 1.8
+
+
+@njit(cache=True)
+def residual(cx, cy, diag, b, z, out):
+    """out = b - A z on the interior (padded (H+2, W+2) arrays)."""
+    h, w = diag.shape
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            out[y, x] = (
+                b[y, x]
+                - diag[y, x] * z[y, x]
+                + cx[y, x] * z[y, x + 1]
+                + cx[y, x - 1] * z[y, x - 1]
+                + cy[y, x] * z[y + 1, x]
+                + cy[y - 1, x] * z[y - 1, x]
+            )
+
+
+@njit(cache=True)
+def _matvec_dot(cx, cy, diag, p, out):
+    """out = A p on the interior; returns p . A p."""
+    h, w = diag.shape
+    pap = 0.0
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            v = (
+                diag[y, x] * p[y, x]
+                - cx[y, x] * p[y, x + 1]
+                - cx[y, x - 1] * p[y, x - 1]
+                - cy[y, x] * p[y + 1, x]
+                - cy[y - 1, x] * p[y - 1, x]
+            )
+            out[y, x] = v
+            pap += v * p[y, x]
+    return pap
+
+
+@njit(cache=True, inline="always")
+def _relax_row(cx, cy, inv_diag, b, z, y, colour):
+    """Gauss-Seidel update of row y's pixels with (x + y) % 2 == colour (mutually independent)."""
+    for x in range(1 + (y + 1 + colour) % 2, inv_diag.shape[1] - 1, 2):
+        z[y, x] = (
+            b[y, x]
+            + cx[y, x] * z[y, x + 1]
+            + cx[y, x - 1] * z[y, x - 1]
+            + cy[y, x] * z[y + 1, x]
+            + cy[y - 1, x] * z[y - 1, x]
+        ) * inv_diag[y, x]
+
+
+@njit(cache=True)
+def _relax(cx, cy, inv_diag, b, z, first):
+    """One red-black Gauss-Seidel sweep: every pixel of colour ``first`` ((x + y) % 2), then every
+    pixel of the other colour, in a single pass over the rows (the second colour trails one row
+    behind, so its neighbours are already updated: the result equals two separate half-sweeps)."""
+    h = inv_diag.shape[0]
+    for y in range(1, h - 1):
+        _relax_row(cx, cy, inv_diag, b, z, y, first)
+        if y > 1:
+            _relax_row(cx, cy, inv_diag, b, z, y - 1, 1 - first)
+    _relax_row(cx, cy, inv_diag, b, z, h - 2, 1 - first)
+
+
+@njit(cache=True)
+def _restrict_residual(cx, cy, diag, b, z, valid, out):
+    """Coarse right-hand side: block sums of the residual b - A z over the valid pixels."""
+    out[:] = 0.0
+    h, w = diag.shape
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            if valid[y, x]:
+                out[(y + 1) // 2, (x + 1) // 2] += (
+                    b[y, x]
+                    - diag[y, x] * z[y, x]
+                    + cx[y, x] * z[y, x + 1]
+                    + cx[y, x - 1] * z[y, x - 1]
+                    + cy[y, x] * z[y + 1, x]
+                    + cy[y - 1, x] * z[y - 1, x]
+                )
+
+
+@njit(cache=True)
+def _prolong_add(zc, valid, z, scale):
+    h, w = z.shape
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            if valid[y, x]:
+                z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+
+
+@njit(cache=True)
+def coarsen(cx, cy, diag, valid):
+    """Galerkin system P^T A P of 2 x 2 piecewise-constant aggregation of the valid pixels.
+
+    Fine interior pixel (y, x) (1-based) joins coarse pixel ((y + 1) // 2, (x + 1) // 2); returns
+    padded (cx, cy, diag, valid) of interior size (ceil(H/2), ceil(W/2)); empty blocks decoupled."""
+    h, w = diag.shape[0] - 2, diag.shape[1] - 2
+    hc, wc = (h + 1) // 2 + 2, (w + 1) // 2 + 2
+    cxc = np.zeros((hc, wc))
+    cyc = np.zeros((hc, wc))
+    dc = np.ones((hc, wc))
+    vc = np.zeros((hc, wc), np.bool_)
+    for y in range(1, h + 1):
+        for x in range(1, w + 1):
+            if not valid[y, x]:
+                continue
+            yc, xc = (y + 1) // 2, (x + 1) // 2
+            if not vc[yc, xc]:
+                vc[yc, xc] = True
+                dc[yc, xc] = 0.0
+            dc[yc, xc] += diag[y, x]
+            if (x + 2) // 2 == xc:  # an edge inside the block cancels; one across the border is summed
+                dc[yc, xc] -= 2.0 * cx[y, x]
+            else:
+                cxc[yc, xc] += cx[y, x]
+            if (y + 2) // 2 == yc:
+                dc[yc, xc] -= 2.0 * cy[y, x]
+            else:
+                cyc[yc, xc] += cy[y, x]
+    return cxc, cyc, dc, vc
+
+
+@njit(cache=True)
+def _direction(p, z, beta):
+    """p = z + beta p."""
+    h, w = p.shape
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            p[y, x] = z[y, x] + beta * p[y, x]
+
+
+@njit(cache=True)
+def _cg_step(x, r, p, Ap, alpha):
+    """x += alpha p, r -= alpha A p; returns |r|^2."""
+    rr = 0.0
+    h, w = x.shape
+    for y in range(1, h - 1):
+        for i in range(1, w - 1):
+            x[y, i] += alpha * p[y, i]
+            r[y, i] -= alpha * Ap[y, i]
+            rr += r[y, i] * r[y, i]
+    return rr
+
+
+def _dense(cx: np.ndarray, cy: np.ndarray, diag: np.ndarray) -> np.ndarray:
+    """The interior system as a dense matrix."""
+    cx, cy, diag = cx[1:-1, 1:-1], cy[1:-1, 1:-1], diag[1:-1, 1:-1]
+    h, w = diag.shape
+    A = np.diag(diag.ravel())
+    idx = np.arange(h * w).reshape(h, w)
+    for i, j, c in ((idx[:, :-1], idx[:, 1:], cx[:, :-1]), (idx[:-1], idx[1:], cy[:-1])):
+        A[i.ravel(), j.ravel()] -= c.ravel()
+        A[j.ravel(), i.ravel()] -= c.ravel()
+    return A
+
+
+class Multigrid:
+    """V-cycle preconditioner for the padded system (cx, cy, diag, valid); built in O(H W).
+
+    ``coarse_size``: at most this many pixels on the coarsest level, solved densely (pseudo-inverse,
+    so pieces that float free, e.g. without a depth prior, are handled)."""
+
+    def __init__(self, cx, cy, diag, valid, coarse_size: int = 64):
+        self.levels = [(cx, cy, diag, valid, 1.0 / diag)]
+        while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size and min(diag.shape) > 3:
+            cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
+            self.levels.append((cx, cy, diag, valid, 1.0 / diag))
+        self.coarse_inverse = np.linalg.pinv(_dense(cx, cy, diag), rcond=1e-12, hermitian=True)
+
+    def __call__(self, b: np.ndarray) -> np.ndarray:
+        return self._cycle(0, b)
+
+    def _cycle(self, level: int, b: np.ndarray) -> np.ndarray:
+        z = np.zeros_like(b)
+        if level == len(self.levels) - 1:
+            z[1:-1, 1:-1] = (self.coarse_inverse @ b[1:-1, 1:-1].ravel()).reshape(b.shape[0] - 2, -1)
+            return z
+        cx, cy, diag, valid, inv = self.levels[level]
+        _relax(cx, cy, inv, b, z, 0)  # red then black before, black then red after: symmetric
+        bc = np.empty_like(self.levels[level + 1][2])
+        _restrict_residual(cx, cy, diag, b, z, valid, bc)
+        _prolong_add(self._cycle(level + 1, bc), valid, z, OVER_CORRECTION)
+        _relax(cx, cy, inv, b, z, 1)
+        return z
+
+
+def solve(cx, cy, diag, valid, b, x0, rtol: float = 1e-3, maxiter: int = 500, precondition: str = "multigrid"):
+    """Preconditioned CG on padded (H+2, W+2) arrays, started from ``x0``; stops once
+    ||b - A x|| <= rtol ||b|| (as scipy's ``cg``). ``precondition``: "multigrid" or "jacobi".
+    Returns (x, iterations)."""
+    M = Multigrid(cx, cy, diag, valid) if precondition == "multigrid" else (lambda r: r / diag)
+    x = x0.copy()
+    r = np.zeros_like(b)
+    residual(cx, cy, diag, b, x, r)
+    stop2 = rtol**2 * float(np.vdot(b, b))
+    if float(np.vdot(r, r)) <= stop2:
+        return x, 0
+    z = M(r)
+    p = z.copy()
+    rz = float(np.vdot(r, z))
+    Ap = np.zeros_like(b)
+    for it in range(1, maxiter + 1):
+        if _cg_step(x, r, p, Ap, rz / _matvec_dot(cx, cy, diag, p, Ap)) <= stop2:
+            return x, it
+        z = M(r)
+        rz, rz_old = float(np.vdot(r, z)), rz
+        _direction(p, z, rz / rz_old)
+    return x, maxiter
