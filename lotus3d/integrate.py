@@ -144,6 +144,11 @@ def check_inputs(normal: np.ndarray, K: np.ndarray, mask: np.ndarray | None, pri
     return m
 
 
+# A solve that needs more CG iterations than this has rough bilateral weights (noisy normals); the
+# rest of the integration then uses the A-norm-optimal coarse step (see lotus3d.multigrid).
+ROUGH_CG_ITERATIONS = 40
+
+
 def integrate_normals(
     normal: np.ndarray,
     K: np.ndarray,
@@ -202,10 +207,16 @@ def integrate_normals(
     diag = np.ones(valid.shape)
     energy, change = np.inf, np.inf
     cg_total = iterations = 0
+    step = multigrid.OVER_CORRECTION
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
-        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, precondition=solver)
+        limit = ROUGH_CG_ITERATIONS if step is not None and solver == "multigrid" else 500
+        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, limit, solver, step)
+        if cg_it == limit and limit == ROUGH_CG_ITERATIONS:  # rough weights: optimal coarse steps from now on
+            step = None
+            z, more = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, 500, solver, step)
+            cg_it += more
         cg_total += cg_it
         new_energy = _reweight(au, av, bu, bv, valid, z, k, lam, zp, w)
         change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)

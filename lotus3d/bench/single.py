@@ -12,8 +12,9 @@ after median scaling (MADE; relative to the mean GT depth for the cow, millimetr
 BiNI reports it). The reference follows the BiNI formulation plainly: sparse difference matrices,
 normal equations by sparse products each iteration, scipy ``cg`` with a Jacobi preconditioner warm
 started from the last depth, k = 2, tol 1e-4, CG tol 1e-3 (on DiLiGenT it reproduces BiNI's
-published mean MADE, 1.5036 mm). Our numba kernels are compiled (or loaded from numba's disk cache)
-once per process, before timing; that one-off time is printed too.
+published mean MADE, 1.5036 mm, to 0.3 %). Our numba kernels are compiled (or loaded from numba's disk cache)
+once per process, before timing; that one-off time is printed too. Times are medians of three
+runs, interleaved; peak memory comes from a separate run of each.
 """
 
 from __future__ import annotations
@@ -132,19 +133,30 @@ def warm_up() -> float:
     return time.perf_counter() - t0
 
 
-def _timed(fn):
+def _peak_memory(fn) -> int:
+    """Peak bytes of numpy / Python allocations during fn() (tracemalloc)."""
     tracemalloc.start()
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
+    fn()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return out, dt, peak
+    return peak
 
 
-def _compare(name: str, normal, K, mask, gt, metric, unit: str) -> dict:
-    ours, t_o, m_o = _timed(lambda: integrate_normals(normal, K, mask).depth)
-    ref, t_r, m_r = _timed(lambda: reference_bini(normal, K, mask))
+def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3) -> dict:
+    contenders = {
+        "ours": lambda: integrate_normals(normal, K, mask).depth,
+        "reference": lambda: reference_bini(normal, K, mask),
+    }
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    out = {}
+    for _ in range(repeats):  # interleaved, so that both see the same machine; the median is reported
+        for key, fn in contenders.items():
+            t0 = time.perf_counter()
+            out[key] = fn()
+            times[key].append(time.perf_counter() - t0)
+    t_o, t_r = (float(np.median(times[k])) for k in contenders)
+    m_o, m_r = (_peak_memory(fn) for fn in contenders.values())
+    ours, ref = out["ours"], out["reference"]
     row = {
         "input": name,
         "pixels": int(mask.sum()),
