@@ -185,8 +185,8 @@ def _single_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prior-weight",
         type=float,
-        default=1e-2,
-        help="weight of the depth prior against the normals (default: 1e-2; smaller trusts the normals further)",
+        default=1e-3,
+        help="weight of the depth prior against the normals (default: 1e-3; smaller trusts the normals further)",
     )
     p.add_argument(
         "--sky-threshold",

@@ -99,8 +99,9 @@ def _side_weights(a, z_prev, z, z_next, has_prev, has_next, k):
 
 
 @njit(cache=True)
-def _reweight(au, av, bu, bv, valid, z, k, lam, zp, w):
-    """Bilateral weights for depth z into w (H, W, 4); returns the energy with these weights."""
+def _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w):
+    """Bilateral weights for depth z into w (H, W, 4); returns the energy with these weights.
+    link_x[y, x] / link_y[y, x]: the edge to the right / below carries equations."""
     h, wd = valid.shape
     e = 0.0
     for y in range(1, h - 1):
@@ -109,10 +110,10 @@ def _reweight(au, av, bu, bv, valid, z, k, lam, zp, w):
                 w[y, x, 0] = w[y, x, 1] = w[y, x, 2] = w[y, x, 3] = 0.0
                 continue
             w[y, x, 0], w[y, x, 1] = _side_weights(
-                au[y, x], z[y, x - 1], z[y, x], z[y, x + 1], valid[y, x - 1], valid[y, x + 1], k
+                au[y, x], z[y, x - 1], z[y, x], z[y, x + 1], link_x[y, x - 1], link_x[y, x], k
             )
             w[y, x, 2], w[y, x, 3] = _side_weights(
-                av[y, x], z[y - 1, x], z[y, x], z[y + 1, x], valid[y - 1, x], valid[y + 1, x], k
+                av[y, x], z[y - 1, x], z[y, x], z[y + 1, x], link_y[y - 1, x], link_y[y, x], k
             )
             e += (
                 w[y, x, 0] * (au[y, x] * (z[y, x + 1] - z[y, x]) - bu[y, x]) ** 2
@@ -144,6 +145,10 @@ def check_inputs(normal: np.ndarray, K: np.ndarray, mask: np.ndarray | None, pri
     return m
 
 
+# prior_breaks: a prior jump must also exceed this many times the log-depth change the normals predict
+BREAK_RATIO = 3.0
+# with a prior: stop when the mean log-depth change of a step is below this (0.01 %)
+PRIOR_SETTLED = 1e-4
 # A solve that needs more CG iterations than this has rough bilateral weights (noisy normals); the
 # rest of the integration then uses the A-norm-optimal coarse step (see lotus3d.multigrid).
 ROUGH_CG_ITERATIONS = 40
@@ -160,6 +165,7 @@ def integrate_normals(
     tol: float = 1e-4,
     cg_tol: float = 1e-3,
     solver: str = "multigrid",
+    prior_breaks: float = 0.05,
 ) -> IntegrationResult:
     """Integrate (H, W, 3) unit normals (OpenCV camera frame, facing the camera) to depth.
 
@@ -176,6 +182,10 @@ def integrate_normals(
             ``clip(0.1 * last relative energy change, cg_tol, 1e-2)`` (an inexact-Newton forcing).
         solver: CG preconditioner, "multigrid" (default) or "jacobi" (for comparison: its iteration
             count grows with the image size).
+        prior_breaks: with a prior, edges across which the prior's log-depth jumps by more than this
+            and by more than BREAK_RATIO times what the normals predict carry no normal equations:
+            the depth may break there as the prior says (blurred normals at silhouettes otherwise
+            integrate to a ramp). 0 disables.
     """
     start = time.perf_counter()
     if solver not in ("multigrid", "jacobi"):
@@ -199,10 +209,15 @@ def integrate_normals(
         zp = np.zeros(valid.shape)
         lam = np.where(valid, 1e-9 * scale2, 0.0)  # pins the free constant
     au, av, bu, bv, lam, zp, valid = (np.pad(a, 1) for a in (au, av, -nrm[..., 0], -nrm[..., 1], lam, zp, valid))
+    link_x = valid & np.roll(valid, -1, 1)  # the pads are invalid, so nothing wraps around
+    link_y = valid & np.roll(valid, -1, 0)
+    if prior_depth is not None and prior_breaks > 0:
+        cut_x, cut_y = _prior_breaks(zp, lam > 0, au, av, bu, bv, prior_breaks)
+        link_x &= ~cut_x
+        link_y &= ~cut_y
 
     z = zp.copy()
-    w = np.zeros(valid.shape + (4,))
-    w[1:-1, 1:-1] = _initial_weights(valid[1:-1, 1:-1])
+    w = _initial_weights(link_x, link_y)
     cx, cy, rhs = (np.zeros(valid.shape) for _ in range(3))
     diag = np.ones(valid.shape)
     energy, change = np.inf, np.inf
@@ -212,16 +227,20 @@ def integrate_normals(
         _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
         limit = ROUGH_CG_ITERATIONS if step is not None and solver == "multigrid" else 500
+        z_in = z
         z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, limit, solver, step)
         if cg_it == limit and limit == ROUGH_CG_ITERATIONS:  # rough weights: optimal coarse steps from now on
             step = None
             z, more = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, 500, solver, step)
             cg_it += more
         cg_total += cg_it
-        new_energy = _reweight(au, av, bu, bv, valid, z, k, lam, zp, w)
+        new_energy = _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
         change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
         energy = new_energy
-        if change < tol and inner <= cg_tol:
+        # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never
+        # settle to tol; the prior anchors the depth, so also stop once it no longer moves
+        settled = prior_depth is not None and float(np.abs(z - z_in)[valid].mean()) < PRIOR_SETTLED
+        if (change < tol or settled) and inner <= cg_tol:
             break
 
     depth = np.full(m.shape, np.nan)
@@ -235,10 +254,29 @@ def integrate_normals(
     )
 
 
-def _initial_weights(valid: np.ndarray) -> np.ndarray:
-    """BiNI's start (H, W, 4): 0.5 on each side where a pixel has both neighbours, else 1 on the one."""
-    pad = np.pad(valid, 1)
-    has = np.stack([pad[1:-1, 2:], pad[1:-1, :-2], pad[2:, 1:-1], pad[:-2, 1:-1]], -1) & valid[..., None]
+def _prior_breaks(zp, has_prior, au, av, bu, bv, threshold):
+    """(cut_x, cut_y): padded edge masks where the prior's log-depth jumps (see integrate_normals)."""
+
+    def slope(b, a):  # log-depth change per pixel the normals predict: a dz = b
+        return b / np.where(np.abs(a) > 1e-6, a, 1e-6)
+
+    cuts = []
+    for axis, b, a in ((1, bu, au), (0, bv, av)):
+        jump = np.abs(np.roll(zp, -1, axis) - zp)
+        both = has_prior & np.roll(has_prior, -1, axis)
+        predicted = 0.5 * np.abs(slope(b, a) + np.roll(slope(b, a), -1, axis))
+        cuts.append(both & (jump > threshold) & (jump > BREAK_RATIO * predicted))
+    return cuts[0], cuts[1]
+
+
+def _initial_weights(link_x: np.ndarray, link_y: np.ndarray) -> np.ndarray:
+    """BiNI's start for padded (H+2, W+2) links: (H+2, W+2, 4) weights, 0.5 on each side where a
+    pixel has both links of a direction, else 1 on the one it has."""
+    has = np.zeros(link_x.shape + (4,), bool)
+    has[..., 0] = link_x
+    has[:, 1:, 1] = link_x[:, :-1]
+    has[..., 2] = link_y
+    has[1:, :, 3] = link_y[:-1]
     out = has.astype(np.float64)
     for a, b in ((0, 1), (2, 3)):
         both = has[..., a] & has[..., b]

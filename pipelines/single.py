@@ -64,7 +64,7 @@ def run_single(
     fov_deg: float | None = None,
     scale: float = 1.0,
     auto_convention: bool = False,
-    prior_weight: float = 1e-2,
+    prior_weight: float = 1e-3,
     sky_threshold: float = 0.01,
     pcfg: PredictConfig | None = None,
     far_factor: float = 8.0,
