@@ -8,7 +8,9 @@ the normal n is orthogonal to dP/du and dP/dv, which gives the log-depth gradien
 Each pixel contributes four one-sided differences (right, left, down, up) of log-depth; bilateral
 weights w+ = sigmoid(k ((A- z)^2 - (A+ z)^2)), w- = 1 - w+ let the surface break where one side
 jumps (depth discontinuities); the weights and the depth are updated in turns (IRLS) until the
-energy changes by less than ``tol``. An optional depth prior adds ``lambda (z - z_prior)^2``.
+energy changes by less than ``tol``. An optional depth prior adds ``lambda (z - z_prior)^2``; edges
+where the prior jumps far more than the normals say carry no normal equations (predicted normals
+are blurred across silhouettes and would otherwise integrate into a ramp there).
 
 Solver: the normal equations are a weighted 5-point Laplacian, assembled in place on the pixel grid
 (numba kernels, cropped to the mask's bounding box) and solved by conjugate gradients preconditioned
