@@ -95,7 +95,7 @@ def _side_weights(a, z_prev, z, z_next, has_prev, has_next, k):
     if has_prev and has_next:
         df = a * (z_next - z)
         db = a * (z - z_prev)
-        s = 0.5 * (1.0 + np.tanh(0.5 * k * (db * db - df * df)))
+        s = 1.0 / (1.0 + np.exp(k * (df * df - db * db)))  # = 0.5 (1 + tanh(k (db^2 - df^2) / 2))
         return s, 1.0 - s
     return (1.0 if has_next else 0.0), (1.0 if has_prev else 0.0)
 
