@@ -13,8 +13,8 @@ Conductances may jump by orders of magnitude (the bilateral weights of normal in
 edges off at depth discontinuities), which defeats plain geometric multigrid; here the coarse levels
 are Galerkin products of a 2 x 2 piecewise-constant aggregation, so a switched-off edge stays off on
 every level, and each coarse operator is again a 5-point Laplacian (conductances summed across block
-borders). One V-cycle (symmetric red-black Gauss-Seidel, an over-corrected coarse correction, a
-dense pseudo-inverse on the coarsest level) preconditions CG. The kernels are compiled with numba
+borders). One V-cycle (symmetric red-black Gauss-Seidel, an over-corrected or A-norm-optimal
+coarse correction, a dense pseudo-inverse on the coarsest level) preconditions CG. The kernels are compiled with numba
 and single-threaded: on two cores a thread pool cost more than it saved.
 """
 
@@ -33,7 +33,7 @@ OVER_CORRECTION = 1.8
 
 @njit(cache=True, inline="always")
 def _neighbours(cx, cy, z, y, x):
-    """sum over the four edges of pixel (y, x) of conductance * z at the other end."""
+    """Sum over the four edges of pixel (y, x) of conductance * z at the other end."""
     return cx[y, x] * z[y, x + 1] + cx[y, x - 1] * z[y, x - 1] + cy[y, x] * z[y + 1, x] + cy[y - 1, x] * z[y - 1, x]
 
 
@@ -176,7 +176,7 @@ class Multigrid:
     def __init__(self, cx, cy, diag, valid, step: float | None = OVER_CORRECTION, coarse_size: int = 64):
         self.step = step
         self.levels = [(cx, cy, diag, valid, 1.0 / diag)]
-        while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size and min(diag.shape) > 3:
+        while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
             cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
             self.levels.append((cx, cy, diag, valid, 1.0 / diag))
         self.coarse_inverse = np.linalg.pinv(_dense(cx, cy, diag), rcond=1e-12, hermitian=True)

@@ -84,3 +84,18 @@ def test_preconditioner_is_symmetric_positive_definite():
     u, v = (np.where(valid, rng.normal(size=valid.shape), 0.0) for _ in range(2))
     assert np.vdot(u, M(v)) == pytest.approx(np.vdot(v, M(u)), rel=1e-9)
     assert np.vdot(u, M(u)) > 0 and np.vdot(v, M(v)) > 0
+
+
+def test_a_one_pixel_strip_still_coarsens_to_a_small_dense_level():
+    valid = np.zeros((3, 3002), bool)
+    valid[1, 1:-1] = True
+    cx = np.where(valid & np.roll(valid, -1, 1), 1.0, 0.0)
+    cy = np.zeros_like(cx)
+    diag = np.where(valid, 1e-3 + cx + np.roll(cx, 1, 1), 1.0)
+    M = multigrid.Multigrid(cx, cy, diag, valid)
+    assert M.coarse_inverse.shape[0] <= 64
+    b = np.where(valid, np.sin(np.arange(3002))[None], 0.0)
+    x, it = multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8)
+    r = np.zeros_like(b)
+    multigrid.residual(cx, cy, diag, b, x, r)
+    assert np.linalg.norm(r) <= 1e-8 * np.linalg.norm(b) and it < 100

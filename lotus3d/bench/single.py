@@ -12,9 +12,9 @@ after median scaling (MADE; relative to the mean GT depth for the cow, millimetr
 BiNI reports it). The reference follows the BiNI formulation plainly: sparse difference matrices,
 normal equations by sparse products each iteration, scipy ``cg`` with a Jacobi preconditioner warm
 started from the last depth, k = 2, tol 1e-4, CG tol 1e-3 (on DiLiGenT it reproduces BiNI's
-published mean MADE, 1.5036 mm, to 0.3 %). Our numba kernels are compiled (or loaded from numba's disk cache)
-once per process, before timing; that one-off time is printed too. Times are medians of three
-runs, interleaved; peak memory comes from a separate run of each.
+published mean MADE, 1.5036 mm, to 0.3 %). Our numba kernels are compiled (or loaded from numba's
+disk cache) once per process, before timing; that one-off time is printed too. Times are medians of
+three runs, interleaved; peak memory comes from a separate run of each.
 """
 
 from __future__ import annotations
