@@ -228,10 +228,12 @@ def integrate_normals(
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
-        limit = ROUGH_CG_ITERATIONS if step is not None and solver == "multigrid" else 500
+        fixed_step = step is not None and solver == "multigrid"
         z_in = z
-        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, limit, solver, step)
-        if cg_it == limit and limit == ROUGH_CG_ITERATIONS:  # rough weights: optimal coarse steps from now on
+        z, cg_it = multigrid.solve(
+            cx, cy, diag, valid, rhs, z, inner, ROUGH_CG_ITERATIONS if fixed_step else 500, solver, step
+        )
+        if fixed_step and cg_it == ROUGH_CG_ITERATIONS:  # rough weights: optimal coarse steps from now on
             step = None
             z, more = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, 500, solver, step)
             cg_it += more
@@ -266,7 +268,8 @@ def _prior_breaks(zp, has_prior, au, av, bu, bv, threshold):
     for axis, b, a in ((1, bu, au), (0, bv, av)):
         jump = np.abs(np.roll(zp, -1, axis) - zp)
         both = has_prior & np.roll(has_prior, -1, axis)
-        predicted = 0.5 * np.abs(slope(b, a) + np.roll(slope(b, a), -1, axis))
+        per_pixel = slope(b, a)
+        predicted = 0.5 * np.abs(per_pixel + np.roll(per_pixel, -1, axis))
         cuts.append(both & (jump > threshold) & (jump > BREAK_RATIO * predicted))
     return cuts[0], cuts[1]
 

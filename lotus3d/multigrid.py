@@ -180,10 +180,13 @@ class Multigrid:
             cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
             self.levels.append((cx, cy, diag, valid, 1.0 / diag))
         self.coarse_inverse = np.linalg.pinv(_dense(cx, cy, diag), rcond=1e-12, hermitian=True)
-        # work arrays, allocated once per hierarchy rather than per cycle
-        self.z, self.rhs = ([np.zeros(lv[2].shape) for lv in self.levels] for _ in range(2))
+        # work arrays, allocated once per hierarchy rather than per cycle; level 0 uses the caller's
+        # b and out, and the coarsest level needs no prolongation scratch
+        coarse = [np.zeros(lv[2].shape) for lv in self.levels[1:]]
+        self.z = [None, *coarse]
+        self.rhs = [None, *(np.zeros_like(a) for a in coarse)]
         if step is None:
-            self.e, self.Ae = ([np.zeros(lv[2].shape) for lv in self.levels] for _ in range(2))
+            self.e, self.Ae = ([np.zeros(lv[2].shape) for lv in self.levels[:-1]] for _ in range(2))
 
     def __call__(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """M b, into ``out`` when given (an array of the finest level's (H+2, W+2) shape)."""
