@@ -388,7 +388,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI on the rendered cow "
-    "and the DiLiGenT objects. 'ray': views per "
+    "and the DiLiGenT objects, then ours with a depth prior on realistic simulated predictions. 'ray': views per "
     "second, local vs a local Ray cluster.",
 )
 @arguments(_bench_args)

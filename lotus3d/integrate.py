@@ -15,9 +15,11 @@ are blurred across silhouettes and would otherwise integrate into a ramp there).
 Solver: the normal equations are a weighted 5-point Laplacian, assembled in place on the pixel grid
 (numba kernels, cropped to the mask's bounding box) and solved by conjugate gradients preconditioned
 with an aggregation multigrid V-cycle (:mod:`lotus3d.multigrid`), warm started from the last depth;
-early reweighting steps are solved loosely (their weights are about to change). A half-resolution
-pyramid (nested iteration) was tried and dropped: it settled on other bilateral weights, with
-larger errors on DiLiGenT, and saved no time.
+early reweighting steps are solved loosely (their weights are about to change), and with a prior no
+step runs more than STEP_CG_ITERATIONS (what a step leaves unsolved, the next continues).
+Reweighting and assembly share one pass over the grid. A half-resolution pyramid (nested
+iteration) was tried and dropped: it settled on other bilateral weights, with larger errors on
+DiLiGenT, and saved no time.
 """
 
 from __future__ import annotations
@@ -60,70 +62,95 @@ def log_depth_gradients(normal: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, 
 # with au = fx n.r, bu = -n_x (likewise v). The edge p - right carries p's "right" and right's "left"
 # equation, so the normal equations are a weighted 5-point Laplacian (lotus3d.multigrid). All arrays
 # are padded by one invalid pixel on each side; w is 0 for a side without a valid neighbour.
+@njit(cache=True, inline="always")
+def _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y):
+    """Row y of the normal equations: its edge conductances cx, cy (from weight rows y and y + 1),
+    then its diagonal and right side (these also read cy of row y - 1, assembled before)."""
+    wd = valid.shape[1]
+    for x in range(1, wd - 1):
+        cx[y, x] = w[y, x, 0] * au[y, x] ** 2 + w[y, x + 1, 1] * au[y, x + 1] ** 2
+        cy[y, x] = w[y, x, 2] * av[y, x] ** 2 + w[y + 1, x, 3] * av[y + 1, x] ** 2
+    for x in range(1, wd - 1):  # each pixel gathers its four edges (w = 0 where an edge is missing)
+        if not valid[y, x]:
+            diag[y, x] = 1.0
+            rhs[y, x] = 0.0
+            continue
+        diag[y, x] = lam[y, x] + cx[y, x] + cx[y, x - 1] + cy[y, x] + cy[y - 1, x]
+        rhs[y, x] = (
+            lam[y, x] * zp[y, x]
+            - w[y, x, 0] * au[y, x] * bu[y, x]
+            - w[y, x + 1, 1] * au[y, x + 1] * bu[y, x + 1]
+            + w[y, x - 1, 0] * au[y, x - 1] * bu[y, x - 1]
+            + w[y, x, 1] * au[y, x] * bu[y, x]
+            - w[y, x, 2] * av[y, x] * bv[y, x]
+            - w[y + 1, x, 3] * av[y + 1, x] * bv[y + 1, x]
+            + w[y - 1, x, 2] * av[y - 1, x] * bv[y - 1, x]
+            + w[y, x, 3] * av[y, x] * bv[y, x]
+        )
+
+
 @njit(cache=True)
 def _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs):
     """Normal equations for weights w: edge conductances cx, cy, the diagonal and the right side."""
-    h, wd = valid.shape
-    for y in range(1, h - 1):
-        for x in range(1, wd - 1):
-            cx[y, x] = w[y, x, 0] * au[y, x] ** 2 + w[y, x + 1, 1] * au[y, x + 1] ** 2
-            cy[y, x] = w[y, x, 2] * av[y, x] ** 2 + w[y + 1, x, 3] * av[y + 1, x] ** 2
-    for y in range(1, h - 1):  # each pixel gathers its four edges (w = 0 where an edge is missing)
-        for x in range(1, wd - 1):
-            if not valid[y, x]:
-                diag[y, x] = 1.0
-                rhs[y, x] = 0.0
-                continue
-            diag[y, x] = lam[y, x] + cx[y, x] + cx[y, x - 1] + cy[y, x] + cy[y - 1, x]
-            rhs[y, x] = (
-                lam[y, x] * zp[y, x]
-                - w[y, x, 0] * au[y, x] * bu[y, x]
-                - w[y, x + 1, 1] * au[y, x + 1] * bu[y, x + 1]
-                + w[y, x - 1, 0] * au[y, x - 1] * bu[y, x - 1]
-                + w[y, x, 1] * au[y, x] * bu[y, x]
-                - w[y, x, 2] * av[y, x] * bv[y, x]
-                - w[y + 1, x, 3] * av[y + 1, x] * bv[y + 1, x]
-                + w[y - 1, x, 2] * av[y - 1, x] * bv[y - 1, x]
-                + w[y, x, 3] * av[y, x] * bv[y, x]
-            )
+    for y in range(1, valid.shape[0] - 1):
+        _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y)
 
 
 @njit(cache=True)
 def _side_weights(a, z_prev, z, z_next, has_prev, has_next, k):
     """BiNI's bilateral weights (forward, backward): sigmoid(k ((A- z)^2 - (A+ z)^2)) and its
-    complement where both neighbours exist, else all weight on the side that exists."""
+    complement. As in BiNI, a missing neighbour's difference counts as 0, so a side without a partner
+    keeps at most half the weight (sigmoid(-k (A z)^2)), and the missing side carries none."""
     if has_prev and has_next:
         df = a * (z_next - z)
         db = a * (z - z_prev)
         s = 1.0 / (1.0 + np.exp(k * (df * df - db * db)))  # = 0.5 (1 + tanh(k (db^2 - df^2) / 2))
         return s, 1.0 - s
-    return (1.0 if has_next else 0.0), (1.0 if has_prev else 0.0)
+    if has_next:  # as BiNI: the missing side's difference counts as 0
+        df = a * (z_next - z)
+        return 1.0 / (1.0 + np.exp(k * df * df)), 0.0
+    if has_prev:
+        db = a * (z - z_prev)
+        return 0.0, 1.0 / (1.0 + np.exp(k * db * db))
+    return 0.0, 0.0
+
+
+@njit(cache=True, inline="always")
+def _reweight_row(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, y):
+    """Bilateral weights of row y for depth z into w; returns the row's energy with them."""
+    e = 0.0
+    for x in range(1, valid.shape[1] - 1):
+        if not valid[y, x]:
+            w[y, x, 0] = w[y, x, 1] = w[y, x, 2] = w[y, x, 3] = 0.0
+            continue
+        w[y, x, 0], w[y, x, 1] = _side_weights(
+            au[y, x], z[y, x - 1], z[y, x], z[y, x + 1], link_x[y, x - 1], link_x[y, x], k
+        )
+        w[y, x, 2], w[y, x, 3] = _side_weights(
+            av[y, x], z[y - 1, x], z[y, x], z[y + 1, x], link_y[y - 1, x], link_y[y, x], k
+        )
+        e += (
+            w[y, x, 0] * (au[y, x] * (z[y, x + 1] - z[y, x]) - bu[y, x]) ** 2
+            + w[y, x, 1] * (au[y, x] * (z[y, x] - z[y, x - 1]) - bu[y, x]) ** 2
+            + w[y, x, 2] * (av[y, x] * (z[y + 1, x] - z[y, x]) - bv[y, x]) ** 2
+            + w[y, x, 3] * (av[y, x] * (z[y, x] - z[y - 1, x]) - bv[y, x]) ** 2
+            + lam[y, x] * (z[y, x] - zp[y, x]) ** 2
+        )
+    return e
 
 
 @njit(cache=True)
-def _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w):
-    """Bilateral weights for depth z into w (H, W, 4); returns the energy with these weights.
+def _reweight_assemble(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, cx, cy, diag, rhs):
+    """Bilateral weights for depth z into w (H, W, 4) and the normal equations for them, in one pass
+    (assembly trails a row: it reads the weights below); returns the energy with the new weights.
     link_x[y, x] / link_y[y, x]: the edge to the right / below carries equations."""
-    h, wd = valid.shape
+    h = valid.shape[0]
     e = 0.0
     for y in range(1, h - 1):
-        for x in range(1, wd - 1):
-            if not valid[y, x]:
-                w[y, x, 0] = w[y, x, 1] = w[y, x, 2] = w[y, x, 3] = 0.0
-                continue
-            w[y, x, 0], w[y, x, 1] = _side_weights(
-                au[y, x], z[y, x - 1], z[y, x], z[y, x + 1], link_x[y, x - 1], link_x[y, x], k
-            )
-            w[y, x, 2], w[y, x, 3] = _side_weights(
-                av[y, x], z[y - 1, x], z[y, x], z[y + 1, x], link_y[y - 1, x], link_y[y, x], k
-            )
-            e += (
-                w[y, x, 0] * (au[y, x] * (z[y, x + 1] - z[y, x]) - bu[y, x]) ** 2
-                + w[y, x, 1] * (au[y, x] * (z[y, x] - z[y, x - 1]) - bu[y, x]) ** 2
-                + w[y, x, 2] * (av[y, x] * (z[y + 1, x] - z[y, x]) - bv[y, x]) ** 2
-                + w[y, x, 3] * (av[y, x] * (z[y, x] - z[y - 1, x]) - bv[y, x]) ** 2
-                + lam[y, x] * (z[y, x] - zp[y, x]) ** 2
-            )
+        e += _reweight_row(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, y)
+        if y > 1:
+            _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y - 1)
+    _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, h - 2)
     return e
 
 
@@ -151,9 +178,14 @@ def check_inputs(normal: np.ndarray, K: np.ndarray, mask: np.ndarray | None, pri
 BREAK_RATIO = 3.0
 # with a prior: stop when the mean log-depth change of a step is below this (0.01 %)
 PRIOR_SETTLED = 1e-4
-# A solve that needs more CG iterations than this has rough bilateral weights (noisy normals); the
-# rest of the integration then uses the A-norm-optimal coarse step (see lotus3d.multigrid).
-ROUGH_CG_ITERATIONS = 40
+# With a prior, CG iterations per reweighting step at most: the next step starts from where this one
+# stopped, so a system the preconditioner handles poorly (the cuts along the prior's jumps, noisy
+# normals) is solved across steps instead of to the tolerance in each (six realistic 768x576 views:
+# 11 s instead of 33 s in all, same errors).
+STEP_CG_ITERATIONS = 10
+# After this many steps that needed STEP_CG_ITERATIONS or more, the weights count as rough and the
+# rest of the integration uses the A-norm-optimal coarse step (see lotus3d.multigrid).
+ROUGH_AFTER = 2
 
 
 def integrate_normals(
@@ -181,7 +213,8 @@ def integrate_normals(
         k: bilateral sharpness (BiNI's k); max_iter, tol: reweighting stop (relative energy
             change); cg_tol: CG tolerance (relative residual, as scipy's ``cg``) once the energy
             settles; earlier steps, whose weights will still move, are solved to
-            ``clip(0.1 * last relative energy change, cg_tol, 1e-2)`` (an inexact-Newton forcing).
+            ``clip(0.1 * last relative energy change, cg_tol, 1e-2)`` (an inexact-Newton forcing);
+            with a prior, each step stops after STEP_CG_ITERATIONS in any case.
         solver: CG preconditioner, "multigrid" (default) or "jacobi" (for comparison: its iteration
             count grows with the image size).
         prior_breaks: with a prior, edges across which the prior's log-depth jumps by more than this
@@ -225,26 +258,27 @@ def integrate_normals(
     energy, change = np.inf, np.inf
     cg_total = iterations = 0
     step = multigrid.OVER_CORRECTION
+    # with a prior, no step runs more than STEP_CG_ITERATIONS; without one, the offsets of pieces the
+    # weights nearly cut loose are set only by the solves, so each is solved to its tolerance
+    max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
+    slow = 0  # steps that needed STEP_CG_ITERATIONS or more
+    _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
-        fixed_step = step is not None and solver == "multigrid"
         z_in = z
-        z, cg_it = multigrid.solve(
-            cx, cy, diag, valid, rhs, z, inner, ROUGH_CG_ITERATIONS if fixed_step else 500, solver, step
-        )
-        if fixed_step and cg_it == ROUGH_CG_ITERATIONS:  # rough weights: optimal coarse steps from now on
+        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, max_cg, solver, step)
+        solved = cg_it < max_cg
+        slow += cg_it >= STEP_CG_ITERATIONS
+        if slow >= ROUGH_AFTER and solver == "multigrid":
             step = None
-            z, more = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, 500, solver, step)
-            cg_it += more
         cg_total += cg_it
-        new_energy = _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
+        new_energy = _reweight_assemble(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, cx, cy, diag, rhs)
         change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
         energy = new_energy
         # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never
         # settle to tol; the prior anchors the depth, so also stop once it no longer moves
         settled = prior_depth is not None and float(np.abs(z - z_in)[valid].mean()) < PRIOR_SETTLED
-        if (change < tol or settled) and inner <= cg_tol:
+        if inner <= cg_tol and ((change < tol and solved) or settled):
             break
 
     depth = np.full(m.shape, np.nan)
@@ -275,18 +309,14 @@ def _prior_breaks(zp, has_prior, au, av, bu, bv, threshold):
 
 
 def _initial_weights(link_x: np.ndarray, link_y: np.ndarray) -> np.ndarray:
-    """BiNI's start for padded (H+2, W+2) links: (H+2, W+2, 4) weights, 0.5 on each side where a
-    pixel has both links of a direction, else 1 on the one it has."""
+    """BiNI's start for padded (H+2, W+2) links: (H+2, W+2, 4) weights, 0.5 on every side that has a
+    link."""
     has = np.zeros(link_x.shape + (4,), bool)
     has[..., 0] = link_x
     has[:, 1:, 1] = link_x[:, :-1]
     has[..., 2] = link_y
     has[1:, :, 3] = link_y[:-1]
-    out = has.astype(np.float64)
-    for a, b in ((0, 1), (2, 3)):
-        both = has[..., a] & has[..., b]
-        out[both, a] = out[both, b] = 0.5
-    return out
+    return has * 0.5
 
 
 # ----------------------------------------------------------------------------- helpers on depth

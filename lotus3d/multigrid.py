@@ -14,8 +14,10 @@ edges off at depth discontinuities), which defeats plain geometric multigrid; he
 are Galerkin products of a 2 x 2 piecewise-constant aggregation, so a switched-off edge stays off on
 every level, and each coarse operator is again a 5-point Laplacian (conductances summed across block
 borders). One V-cycle (symmetric red-black Gauss-Seidel, an over-corrected or A-norm-optimal
-coarse correction, a dense pseudo-inverse on the coarsest level) preconditions CG. The kernels are compiled with numba
-and single-threaded: on two cores a thread pool cost more than it saved.
+coarse correction, a dense pseudo-inverse on the coarsest level) preconditions CG; the pre-smoothing
+shares its pass over the grid with the restriction and the post-smoothing with the prolongation.
+The kernels are compiled with numba and single-threaded: on two cores a thread pool cost more than
+it saved.
 """
 
 from __future__ import annotations
@@ -66,28 +68,51 @@ def _relax_row(cx, cy, inv_diag, b, z, y, colour):
         z[y, x] = (b[y, x] + _neighbours(cx, cy, z, y, x)) * inv_diag[y, x]
 
 
-@njit(cache=True)
-def _relax(cx, cy, inv_diag, b, z, first):
-    """One red-black Gauss-Seidel sweep: every pixel of colour ``first`` ((x + y) % 2), then every
-    pixel of the other colour, in a single pass over the rows (the second colour trails one row
-    behind, so its neighbours are already updated: the result equals two separate half-sweeps)."""
-    h = inv_diag.shape[0]
-    for y in range(1, h - 1):
-        _relax_row(cx, cy, inv_diag, b, z, y, first)
-        if y > 1:
-            _relax_row(cx, cy, inv_diag, b, z, y - 1, 1 - first)
-    _relax_row(cx, cy, inv_diag, b, z, h - 2, 1 - first)
+@njit(cache=True, inline="always")
+def _red_residual_row(cx, cy, diag, b, z, y, out):
+    """Add row y's residuals b - A z at its red pixels ((x + y) % 2 == 0) to their coarse blocks."""
+    for x in range(1 + (y + 1) % 2, diag.shape[1] - 1, 2):
+        out[(y + 1) // 2, (x + 1) // 2] += b[y, x] - diag[y, x] * z[y, x] + _neighbours(cx, cy, z, y, x)
 
 
 @njit(cache=True)
-def _restrict_residual(cx, cy, diag, b, z, valid, out):
-    """Coarse right-hand side: block sums of the residual b - A z over the valid pixels."""
+def _presmooth_restrict(cx, cy, diag, inv_diag, b, z, out):
+    """Pre-smoothing from z = 0 and restriction in one pass over the rows.
+
+    One Gauss-Seidel sweep, red pixels then black (from zero, a red pixel's neighbours are all 0, so
+    z = b / diag there; black pixels are overwritten, so z needs no clearing), then block sums of the
+    residual into ``out``. The residual is zero at the black pixels (updated last, from their final
+    neighbours), so only the red ones are summed; each trails the updates by the rows it reads."""
     out[:] = 0.0
     h, w = diag.shape
     for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            if valid[y, x]:
-                out[(y + 1) // 2, (x + 1) // 2] += b[y, x] - diag[y, x] * z[y, x] + _neighbours(cx, cy, z, y, x)
+        for x in range(1 + (y + 1) % 2, w - 1, 2):  # red
+            z[y, x] = b[y, x] * inv_diag[y, x]
+        if y > 1:
+            _relax_row(cx, cy, inv_diag, b, z, y - 1, 1)
+        if y > 2:
+            _red_residual_row(cx, cy, diag, b, z, y - 2, out)
+    _relax_row(cx, cy, inv_diag, b, z, h - 2, 1)
+    for y in range(max(1, h - 3), h - 1):
+        _red_residual_row(cx, cy, diag, b, z, y, out)
+
+
+@njit(cache=True)
+def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, valid, scale):
+    """z += scale * P zc (piecewise constant, valid pixels), then one Gauss-Seidel sweep, black pixels
+    then red (the reverse of the pre-smoothing, so the V-cycle is symmetric), in one pass: row y + 1
+    is corrected before row y's black pixels and row y - 1's red pixels are updated."""
+    h, w = z.shape
+    for y in range(0, h - 1):
+        if y + 1 < h - 1:
+            for x in range(1, w - 1):
+                if valid[y + 1, x]:
+                    z[y + 1, x] += scale * zc[(y + 2) // 2, (x + 1) // 2]
+        if y >= 1:
+            _relax_row(cx, cy, inv_diag, b, z, y, 1)
+        if y >= 2:
+            _relax_row(cx, cy, inv_diag, b, z, y - 1, 0)
+    _relax_row(cx, cy, inv_diag, b, z, h - 2, 0)
 
 
 @njit(cache=True)
@@ -198,11 +223,9 @@ class Multigrid:
         if level == len(self.levels) - 1:
             z[1:-1, 1:-1] = (self.coarse_inverse @ b[1:-1, 1:-1].ravel()).reshape(b.shape[0] - 2, -1)
             return z
-        z.fill(0.0)
         cx, cy, diag, valid, inv = self.levels[level]
-        _relax(cx, cy, inv, b, z, 0)  # red then black before, black then red after: symmetric
         bc = self.rhs[level + 1]
-        _restrict_residual(cx, cy, diag, b, z, valid, bc)
+        _presmooth_restrict(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
         if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e)
@@ -211,8 +234,7 @@ class Multigrid:
             _prolong_add(zc, valid, e, 1.0)
             eae = _matvec_dot(cx, cy, diag, e, self.Ae[level])
             step = float(np.vdot(zc, bc)) / eae if eae > 0 else 1.0
-        _prolong_add(zc, valid, z, step)
-        _relax(cx, cy, inv, b, z, 1)
+        _prolong_postsmooth(cx, cy, inv, b, z, zc, valid, step)
         return z
 
 

@@ -202,3 +202,43 @@ def test_prior_jumps_keep_blurred_normals_from_smearing_a_step(scene):
     rim_err = [np.mean(np.abs(r.depth[rim] / d[rim] - 1)) for r in (kept, smeared)]
     assert rim_err[0] < 0.5 * rim_err[1]
     assert _made(kept.depth, d, m) < _made(prior, d, m) < _made(smeared.depth, d, m)
+
+
+def test_converged_integration_equals_plain_bini(scene):
+    """Solved to convergence, our solver reaches the fixed point of the plain BiNI formulation (the
+    benchmark's scipy reference, which follows BiNI's code): same one-sided equations, weights and
+    boundary handling (a pixel with one neighbour in a direction keeps at most half the weight)."""
+    from lotus3d.bench.single import cow_view, reference_bini
+
+    d, n, K, m, _ = scene
+    cases = [(n, K, m), cow_view(64, 48)[1:]]
+    for normal, KK, mask in cases:
+        tight = dict(tol=1e-10, cg_tol=1e-10, max_iter=300)
+        ref = reference_bini(normal, KK, mask, **tight)
+        ours = integrate_normals(normal, KK, mask, **tight).depth
+        assert np.nanmax(np.abs(ours / (ref / np.nanmedian(ref)) - 1)) < 1e-3
+
+
+def test_capped_steps_with_a_prior_reach_the_same_depth(shared_data, monkeypatch):
+    """With a prior, each reweighting step runs at most STEP_CG_ITERATIONS CG iterations and the next
+    continues from there: on a realistic simulated prediction (the prior's cuts along silhouettes
+    slow CG down) the result matches solving every step to its tolerance, with far fewer iterations."""
+    from lotus3d import integrate, single, synthetic
+    from lotus3d.simulate import simulate_realistic
+
+    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    cam = synthetic.preset_cameras("objects", meshes, 6, 320, 240, seed=0)[5]
+    v = synthetic.Renderer(meshes).render(cam)
+    p = simulate_realistic(v, np.random.default_rng(0))
+    m = v.mask & np.isfinite(p.depth) & np.isfinite(p.normal).all(-1)
+    shift = single.recover_shift(p.depth, p.kind, p.normal, cam.K, m)
+    prior = single.depth_from_affine(p.depth, p.kind, shift.shift)
+    m &= np.isfinite(prior)
+    capped = integrate_normals(p.normal, cam.K, m, prior_depth=prior)
+    monkeypatch.setattr(integrate, "STEP_CG_ITERATIONS", 500)
+    full = integrate_normals(p.normal, cam.K, m, prior_depth=prior)
+    assert capped.cg_iterations < 0.6 * full.cg_iterations
+    e_capped, e_full, e_prior = (_made(x, v.depth, m) for x in (capped.depth, full.depth, prior))
+    assert abs(e_capped - e_full) < 0.03 * e_full
+    assert e_capped < 0.9 * e_prior
+    assert np.nanmean(np.abs(capped.depth / full.depth - 1)) < 5e-3

@@ -99,3 +99,52 @@ def test_a_one_pixel_strip_still_coarsens_to_a_small_dense_level():
     r = np.zeros_like(b)
     multigrid.residual(cx, cy, diag, b, x, r)
     assert np.linalg.norm(r) <= 1e-8 * np.linalg.norm(b) and it < 100
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (10, 12), (1, 6), (2, 5)])
+def test_fused_smoothing_equals_separate_gauss_seidel_sweeps(shape):
+    """The one-pass kernels equal the textbook steps: a red and a black half-sweep from zero, then the
+    block sums of the full residual (zero at the black pixels); a prolonged correction, then a black
+    and a red half-sweep."""
+    cx, cy, diag, valid, b = _system(*shape, seed=5) if min(shape) > 2 else _strip(*shape)
+    inv = 1.0 / diag
+    h, w = diag.shape
+    colour = (np.add.outer(np.arange(h), np.arange(w)) % 2).astype(int)
+    interior = np.zeros((h, w), bool)
+    interior[1:-1, 1:-1] = True
+
+    def half_sweep(z, c):
+        nb = cx * np.roll(z, -1, 1) + np.roll(cx * z, 1, 1) + cy * np.roll(z, -1, 0) + np.roll(cy * z, 1, 0)
+        return np.where(interior & (colour == c), (b + nb) * inv, z)
+
+    z = half_sweep(half_sweep(np.zeros_like(b), 0), 1)
+    r = np.zeros_like(b)
+    multigrid.residual(cx, cy, diag, b, z, r)
+    assert np.abs(r[interior & (colour == 1)]).max() < 1e-9 * np.abs(b).max()
+    expected = np.zeros(((h - 1) // 2 + 2, (w - 1) // 2 + 2))
+    for y, x in zip(*np.nonzero(valid), strict=True):
+        expected[(y + 1) // 2, (x + 1) // 2] += r[y, x]
+    got_z = np.full_like(b, 7.0)  # stale values: the kernel must not read them
+    got_z[~interior] = 0.0
+    got = np.zeros_like(expected)
+    multigrid._presmooth_restrict(cx, cy, diag, inv, b, got_z, got)
+    np.testing.assert_allclose(got_z, z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+    zc = np.random.default_rng(6).normal(size=expected.shape)
+    corrected = z.copy()
+    multigrid._prolong_add(zc, valid, corrected, 1.8)
+    want = half_sweep(half_sweep(corrected, 1), 0)
+    multigrid._prolong_postsmooth(cx, cy, inv, b, z, zc, valid, 1.8)
+    np.testing.assert_allclose(z, want, rtol=1e-12, atol=1e-12)
+
+
+def _strip(h: int, w: int):
+    """A tiny all-valid system (one or two rows)."""
+    rng = np.random.default_rng(7)
+    valid = np.zeros((h + 2, w + 2), bool)
+    valid[1:-1, 1:-1] = True
+    cx = np.where(valid & np.roll(valid, -1, 1), rng.uniform(1, 2, valid.shape), 0.0)
+    cy = np.where(valid & np.roll(valid, -1, 0), rng.uniform(1, 2, valid.shape), 0.0)
+    diag = np.where(valid, 0.1 + cx + np.roll(cx, 1, 1) + cy + np.roll(cy, 1, 0), 1.0)
+    return cx, cy, diag, valid, np.where(valid, rng.normal(size=valid.shape), 0.0)
