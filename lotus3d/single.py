@@ -78,10 +78,15 @@ def recover_shift(
     # shifts that keep p + t > 0 on (almost) every pixel, log-spaced over five decades of the range
     cands = -lo_p + 1e-3 * span + span * np.logspace(-3, 2, samples)
 
-    step = max(1, round(min(pred.shape) / 150))  # compare over a few pixels: robust to pixel noise
+    # normals from differences over a few pixels (robust to pixel noise), compared on the grid of
+    # every step-th pixel: there the differences are between neighbours of the subsampled maps, so
+    # the error is the same function on step^2 times fewer pixels
+    step = max(1, round(min(pred.shape) / 150))
+    pred, normal, m = pred[::step, ::step], normal[::step, ::step], m[::step, ::step]
+    Ks = np.diag([1.0 / step, 1.0 / step, 1.0]) @ K
 
     def err(t: float) -> float:
-        return angular_error_deg(depth_to_normals(depth_from_affine(pred, kind, t), K, step), normal, m)
+        return angular_error_deg(depth_to_normals(depth_from_affine(pred, kind, t), Ks), normal, m)
 
     errs = np.array([err(t) for t in cands])
     i = int(np.nanargmin(errs))
