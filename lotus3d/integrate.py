@@ -181,7 +181,7 @@ PRIOR_SETTLED = 1e-4
 # With a prior, CG iterations per reweighting step at most: the next step starts from where this one
 # stopped, so a system the preconditioner handles poorly (the cuts along the prior's jumps, noisy
 # normals) is solved across steps instead of to the tolerance in each (six realistic 768x576 views:
-# 11 s instead of 33 s in all, same errors).
+# about a third of the time, same errors).
 STEP_CG_ITERATIONS = 10
 # After this many steps that needed STEP_CG_ITERATIONS or more, the weights count as rough and the
 # rest of the integration uses the A-norm-optimal coarse step (see lotus3d.multigrid).
