@@ -69,6 +69,14 @@ def _relax_row(cx, cy, inv_diag, b, z, y, colour):
 
 
 @njit(cache=True, inline="always")
+def _prolong_row(zc, valid, z, y, scale):
+    """Row y of z += scale * P zc (piecewise constant: a valid pixel adds its block's coarse value)."""
+    for x in range(1, z.shape[1] - 1):
+        if valid[y, x]:
+            z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+
+
+@njit(cache=True, inline="always")
 def _red_residual_row(cx, cy, diag, b, z, y, out):
     """Add row y's residuals b - A z at its red pixels ((x + y) % 2 == 0) to their coarse blocks."""
     for x in range(1 + (y + 1) % 2, diag.shape[1] - 1, 2):
@@ -102,12 +110,10 @@ def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, valid, scale):
     """z += scale * P zc (piecewise constant, valid pixels), then one Gauss-Seidel sweep, black pixels
     then red (the reverse of the pre-smoothing, so the V-cycle is symmetric), in one pass: row y + 1
     is corrected before row y's black pixels and row y - 1's red pixels are updated."""
-    h, w = z.shape
+    h = z.shape[0]
     for y in range(0, h - 1):
         if y + 1 < h - 1:
-            for x in range(1, w - 1):
-                if valid[y + 1, x]:
-                    z[y + 1, x] += scale * zc[(y + 2) // 2, (x + 1) // 2]
+            _prolong_row(zc, valid, z, y + 1, scale)
         if y >= 1:
             _relax_row(cx, cy, inv_diag, b, z, y, 1)
         if y >= 2:
@@ -117,11 +123,9 @@ def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, valid, scale):
 
 @njit(cache=True)
 def _prolong_add(zc, valid, z, scale):
-    h, w = z.shape
-    for y in range(1, h - 1):
-        for x in range(1, w - 1):
-            if valid[y, x]:
-                z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+    """z += scale * P zc: each valid pixel adds its 2 x 2 block's coarse value."""
+    for y in range(1, z.shape[0] - 1):
+        _prolong_row(zc, valid, z, y, scale)
 
 
 @njit(cache=True)

@@ -101,10 +101,14 @@ def cow_view(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return v.depth, v.normal, K, v.mask
 
 
+def _median_scaled(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(est, gt) over ``mask``, est scaled so that the median of gt / est is 1."""
+    return np.nanmedian(gt[mask] / est[mask]) * est[mask], gt[mask]
+
+
 def made(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """Mean absolute depth error after median scaling, relative to the mean GT depth."""
-    s = np.nanmedian(gt[mask] / est[mask])
-    return float(np.nanmean(np.abs(s * est[mask] - gt[mask])) / np.nanmean(gt[mask]))
+    return made_mm(est, gt, mask) / float(np.nanmean(gt[mask]))
 
 
 def load_bini_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -125,8 +129,8 @@ def load_bini_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 def made_mm(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """BiNI's DiLiGenT metric: mean absolute depth error after median scaling, in GT units."""
-    s = np.nanmedian(gt[mask] / est[mask])
-    return float(np.nanmean(np.abs(s * est[mask] - gt[mask])))
+    e, g = _median_scaled(est, gt, mask)
+    return float(np.nanmean(np.abs(e - g)))
 
 
 def warm_up() -> float:
@@ -249,8 +253,8 @@ def realistic_rows(width: int = 768, height: int = 576) -> list[dict]:
 
 def _relative_error(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """Mean relative depth error after median scaling."""
-    s = np.nanmedian(gt[mask] / est[mask])
-    return float(np.nanmean(np.abs(s * est[mask] - gt[mask]) / gt[mask]))
+    e, g = _median_scaled(est, gt, mask)
+    return float(np.nanmean(np.abs(e - g) / g))
 
 
 def _bini_case(folder: Path):
