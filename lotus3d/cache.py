@@ -108,6 +108,15 @@ class PredictionCache:
         d = self.root / "depth"
         return sorted(p.stem for p in d.glob("*.npy")) if d.is_dir() else []
 
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files a killed writer left behind (``atomic_write`` renames a finished
+        file into place, so these never count as views); returns how many. One run writes a cache at
+        a time."""
+        temps = [p for d in (self.root, self.root / "depth", self.root / "normal") for p in d.glob(".*.tmp")]
+        for p in temps:
+            p.unlink(missing_ok=True)
+        return len(temps)
+
     def write(self, stem: str, prediction: Prediction) -> None:
         """Store one view. Normal first, depth last: a view counts as present once its depth is."""
         if prediction.normal is not None:

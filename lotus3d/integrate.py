@@ -17,7 +17,7 @@ Solver: the normal equations are a weighted 5-point Laplacian, assembled in plac
 with an aggregation multigrid V-cycle (:mod:`lotus3d.multigrid`), warm started from the last depth;
 early reweighting steps are solved loosely (their weights are about to change), and with a prior no
 step runs more than STEP_CG_ITERATIONS (what a step leaves unsolved, the next continues).
-Reweighting and assembly share one pass over the grid. A half-resolution pyramid (nested
+Reweighting and assembly are parallel loops over rows. A half-resolution pyramid (nested
 iteration) was tried and dropped: it settled on other bilateral weights, with larger errors on
 DiLiGenT, and saved no time.
 """
@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import multigrid
 from .errors import InputError
+from .multigrid import ordered_sum
 
 
 @dataclass
@@ -63,14 +64,18 @@ def log_depth_gradients(normal: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, 
 # equation, so the normal equations are a weighted 5-point Laplacian (lotus3d.multigrid). All arrays
 # are padded by one invalid pixel on each side; w is 0 for a side without a valid neighbour.
 @njit(cache=True, inline="always")
-def _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y):
-    """Row y of the normal equations: its edge conductances cx, cy (from weight rows y and y + 1),
-    then its diagonal and right side (these also read cy of row y - 1, assembled before)."""
-    wd = valid.shape[1]
-    for x in range(1, wd - 1):
+def _conductance_row(au, av, w, cx, cy, y):
+    """Row y's edge conductances cx, cy (from weight rows y and y + 1)."""
+    for x in range(1, w.shape[1] - 1):
         cx[y, x] = w[y, x, 0] * au[y, x] ** 2 + w[y, x + 1, 1] * au[y, x + 1] ** 2
         cy[y, x] = w[y, x, 2] * av[y, x] ** 2 + w[y + 1, x, 3] * av[y + 1, x] ** 2
-    for x in range(1, wd - 1):  # each pixel gathers its four edges (w = 0 where an edge is missing)
+
+
+@njit(cache=True, inline="always")
+def _diagonal_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y):
+    """Row y's diagonal and right side: each pixel gathers its four edges (conductances of rows y - 1
+    and y; w = 0 where an edge is missing)."""
+    for x in range(1, valid.shape[1] - 1):
         if not valid[y, x]:
             diag[y, x] = 1.0
             rhs[y, x] = 0.0
@@ -89,11 +94,15 @@ def _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y):
         )
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs):
-    """Normal equations for weights w: edge conductances cx, cy, the diagonal and the right side."""
-    for y in range(1, valid.shape[0] - 1):
-        _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y)
+    """Normal equations for weights w: edge conductances cx, cy, then the diagonal and the right side
+    (each a parallel loop over rows)."""
+    h = valid.shape[0]
+    for y in prange(1, h - 1):
+        _conductance_row(au, av, w, cx, cy, y)
+    for y in prange(1, h - 1):
+        _diagonal_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y)
 
 
 @njit(cache=True)
@@ -139,19 +148,16 @@ def _reweight_row(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, y):
     return e
 
 
-@njit(cache=True)
-def _reweight_assemble(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, cx, cy, diag, rhs):
-    """Bilateral weights for depth z into w (H, W, 4) and the normal equations for them, in one pass
-    (assembly trails a row: it reads the weights below); returns the energy with the new weights.
+@njit(cache=True, parallel=True)
+def _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w):
+    """Bilateral weights for depth z into w (H, W, 4), a parallel loop over rows; returns the energy
+    with the new weights (row sums added in order: the same for any number of threads).
     link_x[y, x] / link_y[y, x]: the edge to the right / below carries equations."""
     h = valid.shape[0]
-    e = 0.0
-    for y in range(1, h - 1):
-        e += _reweight_row(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, y)
-        if y > 1:
-            _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, y - 1)
-    _assemble_row(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs, h - 2)
-    return e
+    rows = np.zeros(h)
+    for y in prange(1, h - 1):
+        rows[y] = _reweight_row(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, y)
+    return ordered_sum(rows)
 
 
 def check_inputs(normal: np.ndarray, K: np.ndarray, mask: np.ndarray | None, prior: np.ndarray | None) -> np.ndarray:
@@ -272,7 +278,8 @@ def integrate_normals(
         if slow >= ROUGH_AFTER and solver == "multigrid":
             step = None
         cg_total += cg_it
-        new_energy = _reweight_assemble(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w, cx, cy, diag, rhs)
+        new_energy = _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
+        _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
         energy = new_energy
         # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never

@@ -14,16 +14,26 @@ edges off at depth discontinuities), which defeats plain geometric multigrid; he
 are Galerkin products of a 2 x 2 piecewise-constant aggregation, so a switched-off edge stays off on
 every level, and each coarse operator is again a 5-point Laplacian (conductances summed across block
 borders). One V-cycle (symmetric red-black Gauss-Seidel, an over-corrected or A-norm-optimal
-coarse correction, a dense pseudo-inverse on the coarsest level) preconditions CG; the pre-smoothing
-shares its pass over the grid with the restriction and the post-smoothing with the prolongation.
-The kernels are compiled with numba and single-threaded: on two cores a thread pool cost more than
-it saved.
+coarse correction, a dense Cholesky solve on the coarsest level) preconditions CG. The kernels are
+numba loops over rows, parallel on all cores: on large levels each half-sweep, the restriction and
+the prolongation is its own parallel loop; on small ones (below PARALLEL_PIXELS) the pre-smoothing
+shares one single-threaded pass with the restriction and the post-smoothing with the prolongation.
+Reductions add per-row sums in order, so results do not depend on the number of threads (the
+integration's path is sensitive to rounding). Nothing here calls BLAS: an OpenBLAS worker left
+spinning after a LAPACK pseudo-inverse or numpy's dot products took the second core of a 2-core
+machine, which made the single-threaded kernels 1.6x slower and hid any gain from threads. Two
+cores now give about 1.6x (768 x 576 cow: 0.6-0.7 s instead of 1.0-1.1 s).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+# OpenMP first for the parallel loops (numba's default tries TBB first, which warns when the TBB found
+# is too old; the fallback stays TBB, then numba's own work queue).
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 # Piecewise-constant prolongation underestimates smooth corrections; scaling the coarse correction
 # (the preconditioner stays symmetric) cut CG iterations about 3x on normal-integration systems
@@ -31,6 +41,10 @@ from numba import njit
 # scattered everywhere) it overshoots; there the step that minimises the error's A-norm along the
 # coarse correction (a nonlinear preconditioner, hence flexible CG) needed 2-3x fewer iterations.
 OVER_CORRECTION = 1.8
+# Levels with at least this many pixels smooth, restrict and prolong on all cores, one colour at a
+# time (each a parallel loop over rows); smaller ones in one fused pass on one core, where starting
+# threads would cost more than the sweep. Both orders compute the same numbers.
+PARALLEL_PIXELS = 16384
 
 
 @njit(cache=True, inline="always")
@@ -39,26 +53,52 @@ def _neighbours(cx, cy, z, y, x):
     return cx[y, x] * z[y, x + 1] + cx[y, x - 1] * z[y, x - 1] + cy[y, x] * z[y + 1, x] + cy[y - 1, x] * z[y - 1, x]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def residual(cx, cy, diag, b, z, out):
     """out = b - A z on the interior (padded (H+2, W+2) arrays)."""
     h, w = diag.shape
-    for y in range(1, h - 1):
+    for y in prange(1, h - 1):
         for x in range(1, w - 1):
             out[y, x] = b[y, x] - diag[y, x] * z[y, x] + _neighbours(cx, cy, z, y, x)
 
 
+# Reductions sum each row on its own and then the row sums in order, so that the result does not
+# depend on how many threads share the rows.
 @njit(cache=True)
+def ordered_sum(values):
+    """Sum of a 1-D array, left to right (``values.sum()`` in a parallel kernel becomes a parallel
+    reduction, whose rounding depends on the number of threads)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+@njit(cache=True, parallel=True)
 def _matvec_dot(cx, cy, diag, p, out):
     """out = A p on the interior; returns p . A p."""
     h, w = diag.shape
-    pap = 0.0
-    for y in range(1, h - 1):
+    rows = np.zeros(h)
+    for y in prange(1, h - 1):
+        s = 0.0
         for x in range(1, w - 1):
             v = diag[y, x] * p[y, x] - _neighbours(cx, cy, p, y, x)
             out[y, x] = v
-            pap += v * p[y, x]
-    return pap
+            s += v * p[y, x]
+        rows[y] = s
+    return ordered_sum(rows)
+
+
+@njit(cache=True, parallel=True)
+def dot(a, b):
+    """Sum of a * b over two (H, W) arrays."""
+    rows = np.zeros(a.shape[0])
+    for y in prange(a.shape[0]):
+        s = 0.0
+        for x in range(a.shape[1]):
+            s += a[y, x] * b[y, x]
+        rows[y] = s
+    return ordered_sum(rows)
 
 
 @njit(cache=True, inline="always")
@@ -121,14 +161,44 @@ def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, valid, scale):
     _relax_row(cx, cy, inv_diag, b, z, h - 2, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
+def _presmooth_restrict_parallel(cx, cy, diag, inv_diag, b, z, out):
+    """:func:`_presmooth_restrict` one colour at a time, each a parallel loop over rows."""
+    h, w = diag.shape
+    for y in prange(1, h - 1):
+        for x in range(1 + (y + 1) % 2, w - 1, 2):
+            z[y, x] = b[y, x] * inv_diag[y, x]
+    for y in prange(1, h - 1):
+        _relax_row(cx, cy, inv_diag, b, z, y, 1)
+    for yc in prange(out.shape[0]):  # coarse row yc gathers fine rows 2 yc - 1 and 2 yc
+        out[yc, :] = 0.0
+        for y in range(max(1, 2 * yc - 1), min(2 * yc + 1, h - 1)):
+            _red_residual_row(cx, cy, diag, b, z, y, out)
+
+
+@njit(cache=True, parallel=True)
+def _prolong_postsmooth_parallel(cx, cy, inv_diag, b, z, zc, valid, scale):
+    """:func:`_prolong_postsmooth` one colour at a time, each a parallel loop over rows. Only the red
+    pixels take the correction: the black ones are overwritten first, from their red neighbours."""
+    h, w = z.shape
+    for y in prange(1, h - 1):
+        for x in range(1 + (y + 1) % 2, w - 1, 2):
+            if valid[y, x]:
+                z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+    for y in prange(1, h - 1):
+        _relax_row(cx, cy, inv_diag, b, z, y, 1)
+    for y in prange(1, h - 1):
+        _relax_row(cx, cy, inv_diag, b, z, y, 0)
+
+
+@njit(cache=True, parallel=True)
 def _prolong_add(zc, valid, z, scale):
     """z += scale * P zc: each valid pixel adds its 2 x 2 block's coarse value."""
-    for y in range(1, z.shape[0] - 1):
+    for y in prange(1, z.shape[0] - 1):
         _prolong_row(zc, valid, z, y, scale)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def coarsen(cx, cy, diag, valid):
     """Galerkin system P^T A P of 2 x 2 piecewise-constant aggregation of the valid pixels.
 
@@ -140,46 +210,94 @@ def coarsen(cx, cy, diag, valid):
     cyc = np.zeros((hc, wc))
     dc = np.ones((hc, wc))
     vc = np.zeros((hc, wc), np.bool_)
-    for y in range(1, h + 1):
-        for x in range(1, w + 1):
-            if not valid[y, x]:
-                continue
-            yc, xc = (y + 1) // 2, (x + 1) // 2
-            if not vc[yc, xc]:
-                vc[yc, xc] = True
-                dc[yc, xc] = 0.0
-            dc[yc, xc] += diag[y, x]
-            if (x + 2) // 2 == xc:  # an edge inside the block cancels; one across the border is summed
-                dc[yc, xc] -= 2.0 * cx[y, x]
-            else:
-                cxc[yc, xc] += cx[y, x]
-            if (y + 2) // 2 == yc:
-                dc[yc, xc] -= 2.0 * cy[y, x]
-            else:
-                cyc[yc, xc] += cy[y, x]
+    for yc in prange(1, hc - 1):  # coarse row yc gathers fine rows 2 yc - 1 and 2 yc
+        for y in range(2 * yc - 1, min(2 * yc, h) + 1):
+            for x in range(1, w + 1):
+                if not valid[y, x]:
+                    continue
+                xc = (x + 1) // 2
+                if not vc[yc, xc]:
+                    vc[yc, xc] = True
+                    dc[yc, xc] = 0.0
+                dc[yc, xc] += diag[y, x]
+                if (x + 2) // 2 == xc:  # an edge inside the block cancels; one across the border is summed
+                    dc[yc, xc] -= 2.0 * cx[y, x]
+                else:
+                    cxc[yc, xc] += cx[y, x]
+                if (y + 2) // 2 == yc:
+                    dc[yc, xc] -= 2.0 * cy[y, x]
+                else:
+                    cyc[yc, xc] += cy[y, x]
     return cxc, cyc, dc, vc
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _direction(p, z, beta):
     """p = z + beta p."""
     h, w = p.shape
-    for y in range(1, h - 1):
+    for y in prange(1, h - 1):
         for x in range(1, w - 1):
             p[y, x] = z[y, x] + beta * p[y, x]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _cg_step(x, r, p, Ap, alpha):
     """x += alpha p, r -= alpha A p; returns |r|^2."""
-    rr = 0.0
     h, w = x.shape
-    for y in range(1, h - 1):
+    rows = np.zeros(h)
+    for y in prange(1, h - 1):
+        s = 0.0
         for i in range(1, w - 1):
             x[y, i] += alpha * p[y, i]
             r[y, i] -= alpha * Ap[y, i]
-            rr += r[y, i] * r[y, i]
-    return rr
+            s += r[y, i] * r[y, i]
+        rows[y] = s
+    return ordered_sum(rows)
+
+
+@njit(cache=True)
+def _cholesky(A, rcond=1e-12):
+    """(L, keep) for a small symmetric positive semi-definite A: L L^T = A where keep is 1. A pivot
+    below rcond times its diagonal belongs to a part that floats free (a piece with no prior cut off
+    by zero conductances); its column is dropped (keep 0, unit diagonal), so that solving with the
+    factor gives 0 there, as a pseudo-inverse would."""
+    n = A.shape[0]
+    L = np.zeros_like(A)
+    keep = np.ones(n)
+    for j in range(n):
+        d = A[j, j]
+        for k in range(j):
+            d -= L[j, k] * L[j, k]
+        if not d > rcond * A[j, j]:
+            L[j, j] = 1.0
+            keep[j] = 0.0
+            continue
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, n):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / L[j, j]
+    return L, keep
+
+
+@njit(cache=True)
+def _dense_solve(L, keep, b, z):
+    """z = L^-T diag(keep) L^-1 b on the interior of padded arrays (symmetric; see _cholesky)."""
+    h, w = b.shape[0] - 2, b.shape[1] - 2
+    n = h * w
+    y = np.empty(n)
+    for i in range(n):
+        t = b[1 + i // w, 1 + i % w]
+        for k in range(i):
+            t -= L[i, k] * y[k]
+        y[i] = keep[i] * t / L[i, i]
+    for i in range(n - 1, -1, -1):
+        t = y[i]
+        for k in range(i + 1, n):
+            t -= L[k, i] * y[k]
+        y[i] = t / L[i, i]
+        z[1 + i // w, 1 + i % w] = y[i]
 
 
 def _dense(cx: np.ndarray, cy: np.ndarray, diag: np.ndarray) -> np.ndarray:
@@ -199,8 +317,8 @@ class Multigrid:
 
     ``step``: scale of the coarse corrections (a fixed number keeps the preconditioner linear and
     symmetric) or None for the A-norm-optimal step (nonlinear). ``coarse_size``: at most this many
-    pixels on the coarsest level, solved densely (pseudo-inverse, so pieces that float free, e.g.
-    without a depth prior, are handled)."""
+    pixels on the coarsest level, solved densely (a Cholesky factor that drops the parts that float
+    free, as a pseudo-inverse would)."""
 
     def __init__(self, cx, cy, diag, valid, step: float | None = OVER_CORRECTION, coarse_size: int = 64):
         self.step = step
@@ -208,7 +326,9 @@ class Multigrid:
         while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
             cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
             self.levels.append((cx, cy, diag, valid, 1.0 / diag))
-        self.coarse_inverse = np.linalg.pinv(_dense(cx, cy, diag), rcond=1e-12, hermitian=True)
+        # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and
+        # no BLAS thread left spinning on a core the kernels need
+        self.coarse_factor = _cholesky(_dense(cx, cy, diag))
         # work arrays, allocated once per hierarchy rather than per cycle; level 0 uses the caller's
         # b and out, and the coarsest level needs no prolongation scratch
         coarse = [np.zeros(lv[2].shape) for lv in self.levels[1:]]
@@ -225,11 +345,12 @@ class Multigrid:
     def _cycle(self, level: int, b: np.ndarray) -> np.ndarray:
         z = self.z[level]
         if level == len(self.levels) - 1:
-            z[1:-1, 1:-1] = (self.coarse_inverse @ b[1:-1, 1:-1].ravel()).reshape(b.shape[0] - 2, -1)
+            _dense_solve(*self.coarse_factor, b, z)
             return z
         cx, cy, diag, valid, inv = self.levels[level]
         bc = self.rhs[level + 1]
-        _presmooth_restrict(cx, cy, diag, inv, b, z, bc)
+        parallel = diag.size >= PARALLEL_PIXELS
+        (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
         if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e)
@@ -237,8 +358,8 @@ class Multigrid:
             e.fill(0.0)
             _prolong_add(zc, valid, e, 1.0)
             eae = _matvec_dot(cx, cy, diag, e, self.Ae[level])
-            step = float(np.vdot(zc, bc)) / eae if eae > 0 else 1.0
-        _prolong_postsmooth(cx, cy, inv, b, z, zc, valid, step)
+            step = dot(zc, bc) / eae if eae > 0 else 1.0
+        (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, valid, step)
         return z
 
 
@@ -269,18 +390,18 @@ def solve(
     x = x0.copy()
     r, p, Ap, z, z_old = (np.zeros_like(b) for _ in range(5))
     residual(cx, cy, diag, b, x, r)
-    stop2 = rtol**2 * float(np.vdot(b, b))
-    if float(np.vdot(r, r)) <= stop2:
+    stop2 = rtol**2 * dot(b, b)
+    if dot(r, r) <= stop2:
         return x, 0
     M(r, z)
     p[...] = z
-    rz = float(np.vdot(r, z))
+    rz = dot(r, z)
     for it in range(1, maxiter + 1):
         if _cg_step(x, r, p, Ap, rz / _matvec_dot(cx, cy, diag, p, Ap)) <= stop2:
             return x, it
         z_old, z = z, z_old
         M(r, z)
-        rz, rz_old = float(np.vdot(r, z)), rz
-        beta = (rz - float(np.vdot(r, z_old))) / rz_old if flexible else rz / rz_old  # Polak-Ribiere if flexible
+        rz, rz_old = dot(r, z), rz
+        beta = (rz - dot(r, z_old)) / rz_old if flexible else rz / rz_old  # Polak-Ribiere if flexible
         _direction(p, z, beta)
     return x, maxiter

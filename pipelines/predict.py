@@ -173,6 +173,7 @@ def predict_scene(
             todo.append(p)
     t0 = time.perf_counter()
     if todo:
+        cache.remove_partial_writes()  # a killed run's temporary files
         cache.write_meta(meta)
         if ray_address is not None:
             _predict_on_ray(todo, cfg, cache, report, ray_address, progress)

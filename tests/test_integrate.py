@@ -260,3 +260,25 @@ def test_capped_steps_with_a_prior_reach_the_same_depth(shared_data, monkeypatch
     assert abs(e_capped - e_full) < 0.03 * e_full
     assert e_capped < 0.9 * e_prior
     assert np.nanmean(np.abs(capped.depth / full.depth - 1)) < 5e-3
+
+
+def test_integration_does_not_depend_on_the_number_of_threads():
+    """The kernels run on all cores; every reduction adds per-row sums in order, so the depth is the
+    same bit for bit with one thread (the IRLS path is sensitive to rounding: a different sum order
+    moves the final error by a few percent)."""
+    import numba
+
+    from lotus3d.bench.single import cow_view
+
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    if threads < 2:
+        pytest.skip("one core: nothing to compare")
+    _, normal, K, mask = cow_view(256, 200)  # cropped grid above PARALLEL_PIXELS: parallel sweeps too
+    depths = []
+    for n in (1, threads):
+        numba.set_num_threads(n)
+        try:
+            depths.append(integrate_normals(normal, K, mask).depth)
+        finally:
+            numba.set_num_threads(threads)
+    assert np.array_equal(depths[0], depths[1], equal_nan=True)

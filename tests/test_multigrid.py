@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -93,7 +94,7 @@ def test_a_one_pixel_strip_still_coarsens_to_a_small_dense_level():
     cy = np.zeros_like(cx)
     diag = np.where(valid, 1e-3 + cx + np.roll(cx, 1, 1), 1.0)
     M = multigrid.Multigrid(cx, cy, diag, valid)
-    assert M.coarse_inverse.shape[0] <= 64
+    assert M.coarse_factor[0].shape[0] <= 64
     b = np.where(valid, np.sin(np.arange(3002))[None], 0.0)
     x, it = multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8)
     r = np.zeros_like(b)
@@ -131,9 +132,65 @@ def test_fused_smoothing_equals_separate_gauss_seidel_sweeps(shape):
     np.testing.assert_allclose(got_z, z, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
 
+    # the parallel variant (one colour at a time, rows on all cores) computes the same numbers
+    par_z, par = np.full_like(b, 7.0), np.full_like(expected, 3.0)
+    par_z[~interior] = 0.0
+    multigrid._presmooth_restrict_parallel(cx, cy, diag, inv, b, par_z, par)
+    assert np.array_equal(par_z, got_z) and np.array_equal(par, got)
+
     zc = np.random.default_rng(6).normal(size=expected.shape)
     corrected = z.copy()
     multigrid._prolong_add(zc, valid, corrected, 1.8)
     want = half_sweep(half_sweep(corrected, 1), 0)
+    par_z = z.copy()
     multigrid._prolong_postsmooth(cx, cy, inv, b, z, zc, valid, 1.8)
     np.testing.assert_allclose(z, want, rtol=1e-12, atol=1e-12)
+    multigrid._prolong_postsmooth_parallel(cx, cy, inv, b, par_z, zc, valid, 1.8)
+    assert np.array_equal(par_z, z)
+
+
+def test_solves_do_not_depend_on_the_number_of_threads():
+    """Reductions add per-row sums in order, so one thread and several give the same iterates."""
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    if threads < 2:
+        pytest.skip("one core: nothing to compare")
+    cx, cy, diag, valid, b = _system(150, 140, seed=7)  # above PARALLEL_PIXELS: parallel sweeps too
+    assert diag.size >= multigrid.PARALLEL_PIXELS
+    results = []
+    for n in (1, threads):
+        numba.set_num_threads(n)
+        try:
+            results.append(multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8, step=None))
+        finally:
+            numba.set_num_threads(threads)
+    assert results[0][1] == results[1][1]
+    assert np.array_equal(results[0][0], results[1][0])
+
+
+def test_coarsest_solve_handles_a_piece_that_floats_free():
+    """A piece with no prior (lam = 0) cut off by zero conductances makes the coarsest system
+    singular; its Cholesky factor drops that part, and the solve still satisfies A z = b for a
+    right-hand side in the range (as a pseudo-inverse would), through a symmetric operator."""
+    cx, cy, diag, valid, _ = _system(6, 5, seed=8)
+    piece = np.zeros_like(valid)
+    piece[1:3, 1:3] = True  # a 2 x 2 corner (one pixel of it is in the system's hole)
+    piece &= valid
+    cx[1:3, 2] = 0.0  # cut it off: right side ...
+    cy[2, 1:3] = 0.0  # ... and below
+    lam = np.where(valid & ~piece, 1e-2, 0.0)
+    diag = np.where(valid, lam + cx + np.roll(cx, 1, 1) + cy + np.roll(cy, 1, 0), 1.0)
+    A = multigrid._dense(cx, cy, diag)
+    assert np.linalg.matrix_rank(A) == A.shape[0] - 1
+    L, keep = multigrid._cholesky(A)
+    assert keep.sum() == A.shape[0] - 1
+    rng = np.random.default_rng(9)
+    b = np.where(valid, rng.normal(size=valid.shape), 0.0)
+    b[piece] -= b[piece].mean()  # in the range: the free piece's load sums to zero
+    z = np.zeros_like(b)
+    multigrid._dense_solve(L, keep, b, z)
+    np.testing.assert_allclose(A @ z[1:-1, 1:-1].ravel(), b[1:-1, 1:-1].ravel(), atol=1e-9)
+    u, v = (np.where(valid, rng.normal(size=valid.shape), 0.0) for _ in range(2))
+    Mu, Mv = np.zeros_like(u), np.zeros_like(v)
+    multigrid._dense_solve(L, keep, u, Mu)
+    multigrid._dense_solve(L, keep, v, Mv)
+    assert np.vdot(u, Mv) == pytest.approx(np.vdot(v, Mu), rel=1e-9)

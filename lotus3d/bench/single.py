@@ -17,8 +17,10 @@ after median scaling (MADE; relative to the mean GT depth for the cow, millimetr
 BiNI reports it). The reference follows the BiNI formulation plainly: sparse difference matrices,
 normal equations by sparse products each iteration, scipy ``cg`` with a Jacobi preconditioner warm
 started from the last depth, k = 2, tol 1e-4, CG tol 1e-3 (on DiLiGenT it reproduces BiNI's
-published mean MADE, 1.5036 mm, to 0.3 %). Our numba kernels are compiled (or loaded from numba's
-disk cache) once per process, before timing; that one-off time is printed too. Times are medians of
+published mean MADE, 1.5036 mm, to 0.3 %). It is timed twice: as is, and with BLAS held to one
+thread (on a 2-core VM numpy's multi-threaded dot products inside scipy's ``cg`` slowed it by a
+varying 1.1-2x; ours calls no BLAS). Our numba kernels are compiled (or loaded from numba's disk
+cache) once per process, before timing; that one-off time is printed too. Times are medians of
 three runs, interleaved; peak memory comes from a separate run of each.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import cg
+from threadpoolctl import threadpool_limits
 
 from ..integrate import integrate_normals, log_depth_gradients
 from ..io import load_image
@@ -136,7 +139,7 @@ def made_mm(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
 def warm_up() -> float:
     """Compile (or load from numba's cache) the integration kernels; returns the seconds it took."""
     t0 = time.perf_counter()
-    depth, normal, K, mask = cow_view(48, 40)
+    depth, normal, K, mask = cow_view(256, 256)  # large enough for the parallel kernels
     integrate_normals(normal, K, mask)
     integrate_normals(normal, K, mask, solver="jacobi")
     return time.perf_counter() - t0
@@ -151,20 +154,28 @@ def _peak_memory(fn) -> int:
     return peak
 
 
+def _reference_one_blas_thread(normal, K, mask) -> np.ndarray:
+    """The reference with BLAS on one thread: on this 2-core VM numpy's multi-threaded dot products
+    in scipy's ``cg`` made it up to 2x slower (the same depth)."""
+    with threadpool_limits(1, user_api="blas"):
+        return reference_bini(normal, K, mask)
+
+
 def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3) -> dict:
     contenders = {
         "ours": lambda: integrate_normals(normal, K, mask).depth,
         "reference": lambda: reference_bini(normal, K, mask),
+        "reference_1blas": lambda: _reference_one_blas_thread(normal, K, mask),
     }
     times: dict[str, list[float]] = {k: [] for k in contenders}
     out = {}
-    for _ in range(repeats):  # interleaved, so that both see the same machine; the median is reported
+    for _ in range(repeats):  # interleaved, so that all see the same machine; the median is reported
         for key, fn in contenders.items():
             t0 = time.perf_counter()
             out[key] = fn()
             times[key].append(time.perf_counter() - t0)
-    t_o, t_r = (float(np.median(times[k])) for k in contenders)
-    m_o, m_r = (_peak_memory(fn) for fn in contenders.values())
+    t_o, t_r, t_1 = (float(np.median(times[k])) for k in contenders)
+    m_o, m_r = (_peak_memory(contenders[k]) for k in ("ours", "reference"))
     ours, ref = out["ours"], out["reference"]
     row = {
         "input": name,
@@ -172,6 +183,8 @@ def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3
         "ours_s": t_o,
         "reference_s": t_r,
         "speedup": t_r / t_o,
+        "reference_1blas_s": t_1,
+        "speedup_1blas": t_1 / t_o,
         "ours_peak_mb": m_o / 2**20,
         "reference_peak_mb": m_r / 2**20,
         "ours_made": metric(ours, gt, mask),
@@ -179,8 +192,9 @@ def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3
         "unit": unit,
     }
     print(
-        f"{name:>16s} ({row['pixels']:6d} px): ours {t_o:6.2f} s, reference {t_r:6.2f} s -> "
-        f"{row['speedup']:5.1f}x faster; peak {row['ours_peak_mb']:4.0f} vs {row['reference_peak_mb']:4.0f} MB; "
+        f"{name:>16s} ({row['pixels']:6d} px): ours {t_o:6.3f} s, reference {t_r:6.2f} s -> "
+        f"{row['speedup']:5.1f}x faster (1 BLAS thread: {t_1:6.2f} s, {row['speedup_1blas']:5.1f}x); "
+        f"peak {row['ours_peak_mb']:4.0f} vs {row['reference_peak_mb']:4.0f} MB; "
         f"MADE {row['ours_made']:.4f} vs {row['reference_made']:.4f} {unit}",
         flush=True,
     )
@@ -200,9 +214,11 @@ def run(sizes=((256, 256), (512, 512), (768, 576)), diligent: bool = True) -> li
     dili = [_compare(f"DiLiGenT {p.name}", *_bini_case(p), made_mm, "mm") for p in objects]
     if dili:
         t_o, t_r = sum(r["ours_s"] for r in dili), sum(r["reference_s"] for r in dili)
+        t_1 = sum(r["reference_1blas_s"] for r in dili)
         e_o, e_r = np.mean([r["ours_made"] for r in dili]), np.mean([r["reference_made"] for r in dili])
         print(
-            f"{'DiLiGenT, all 9':>16s}: ours {t_o:6.2f} s, reference {t_r:6.2f} s -> {t_r / t_o:5.1f}x faster; "
+            f"{'DiLiGenT, all 9':>16s}: ours {t_o:6.2f} s, reference {t_r:6.2f} s -> {t_r / t_o:5.1f}x faster "
+            f"(1 BLAS thread: {t_1:6.2f} s, {t_1 / t_o:5.1f}x); "
             f"mean MADE {e_o:.4f} vs {e_r:.4f} mm (BiNI paper: 1.5036 mm)",
             flush=True,
         )
