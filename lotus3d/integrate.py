@@ -268,11 +268,12 @@ def integrate_normals(
     # weights nearly cut loose are set only by the solves, so each is solved to its tolerance
     max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
     slow = 0  # steps that needed STEP_CG_ITERATIONS or more
+    work: dict = {}  # the solver's work arrays, allocated once for all steps
     _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
         z_in = z
-        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, max_cg, solver, step)
+        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, max_cg, solver, step, work)
         solved = cg_it < max_cg
         slow += cg_it >= STEP_CG_ITERATIONS
         if slow >= ROUGH_AFTER and solver == "multigrid":

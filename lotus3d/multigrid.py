@@ -312,6 +312,15 @@ def _dense(cx: np.ndarray, cy: np.ndarray, diag: np.ndarray) -> np.ndarray:
     return A
 
 
+def _buffer(work: dict, key, shape: tuple[int, ...]) -> np.ndarray:
+    """work[key] if it has this shape, else a new zero array stored there. The kernels write only the
+    interior of the arrays they fill, so a reused one keeps its zero padding."""
+    a = work.get(key)
+    if a is None or a.shape != shape:
+        a = work[key] = np.zeros(shape)
+    return a
+
+
 class Multigrid:
     """V-cycle preconditioner for the padded system (cx, cy, diag, valid); built in O(H W).
 
@@ -320,22 +329,34 @@ class Multigrid:
     pixels on the coarsest level, solved densely (a Cholesky factor that drops the parts that float
     free, as a pseudo-inverse would)."""
 
-    def __init__(self, cx, cy, diag, valid, step: float | None = OVER_CORRECTION, coarse_size: int = 64):
+    def __init__(
+        self,
+        cx,
+        cy,
+        diag,
+        valid,
+        step: float | None = OVER_CORRECTION,
+        coarse_size: int = 64,
+        work: dict | None = None,
+    ):
         self.step = step
-        self.levels = [(cx, cy, diag, valid, 1.0 / diag)]
+        work = {} if work is None else work
+        self.levels = [(cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, "inv", diag.shape)))]
         while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
             cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
-            self.levels.append((cx, cy, diag, valid, 1.0 / diag))
+            inv = np.divide(1.0, diag, out=_buffer(work, ("inv", len(self.levels)), diag.shape))
+            self.levels.append((cx, cy, diag, valid, inv))
         # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and
         # no BLAS thread left spinning on a core the kernels need
         self.coarse_factor = _cholesky(_dense(cx, cy, diag))
-        # work arrays, allocated once per hierarchy rather than per cycle; level 0 uses the caller's
-        # b and out, and the coarsest level needs no prolongation scratch
-        coarse = [np.zeros(lv[2].shape) for lv in self.levels[1:]]
-        self.z = [None, *coarse]
-        self.rhs = [None, *(np.zeros_like(a) for a in coarse)]
+        # work arrays for the cycles (level 0 uses the caller's b and out; the coarsest level needs
+        # no prolongation scratch), from ``work`` when a previous hierarchy on the grid left them
+        shapes = [lv[2].shape for lv in self.levels]
+        self.z = [None, *(_buffer(work, ("z", i), s) for i, s in enumerate(shapes) if i)]
+        self.rhs = [None, *(_buffer(work, ("rhs", i), s) for i, s in enumerate(shapes) if i)]
         if step is None:
-            self.e, self.Ae = ([np.zeros(lv[2].shape) for lv in self.levels[:-1]] for _ in range(2))
+            self.e = [_buffer(work, ("e", i), s) for i, s in enumerate(shapes[:-1])]
+            self.Ae = [_buffer(work, ("Ae", i), s) for i, s in enumerate(shapes[:-1])]
 
     def __call__(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """M b, into ``out`` when given (an array of the finest level's (H+2, W+2) shape)."""
@@ -374,13 +395,16 @@ def solve(
     maxiter: int = 500,
     precondition: str = "multigrid",
     step: float | None = OVER_CORRECTION,
+    work: dict | None = None,
 ):
     """Preconditioned CG on padded (H+2, W+2) arrays, started from ``x0``; stops once
     ||b - A x|| <= rtol ||b|| (as scipy's ``cg``). ``precondition``: "multigrid" (``step``: see
-    :class:`Multigrid`; flexible CG when it is None) or "jacobi". Returns (x, iterations)."""
+    :class:`Multigrid`; flexible CG when it is None) or "jacobi". ``work``: a dict kept across the
+    solves of one grid, so that their work arrays are allocated once. Returns (x, iterations)."""
+    work = {} if work is None else work
     flexible = precondition == "multigrid" and step is None
     if precondition == "multigrid":
-        M = Multigrid(cx, cy, diag, valid, step)
+        M = Multigrid(cx, cy, diag, valid, step, work=work)
     else:
 
         def M(r, out):
@@ -388,7 +412,7 @@ def solve(
             return out
 
     x = x0.copy()
-    r, p, Ap, z, z_old = (np.zeros_like(b) for _ in range(5))
+    r, p, Ap, z, z_old = (_buffer(work, key, b.shape) for key in ("r", "p", "Ap", "z", "z_old"))
     residual(cx, cy, diag, b, x, r)
     stop2 = rtol**2 * dot(b, b)
     if dot(r, r) <= stop2:

@@ -194,3 +194,14 @@ def test_coarsest_solve_handles_a_piece_that_floats_free():
     multigrid._dense_solve(L, keep, u, Mu)
     multigrid._dense_solve(L, keep, v, Mv)
     assert np.vdot(u, Mv) == pytest.approx(np.vdot(v, Mu), rel=1e-9)
+
+
+def test_work_arrays_kept_across_solves_give_the_same_results():
+    """Reused work arrays (dirty from an earlier solve on the same grid) change nothing."""
+    work: dict = {}
+    for seed, step in ((10, None), (11, multigrid.OVER_CORRECTION), (12, None)):
+        cx, cy, diag, valid, b = _system(40, 30, seed=seed)
+        fresh = multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8, step=step)
+        reused = multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8, step=step, work=work)
+        assert fresh[1] == reused[1] and np.array_equal(fresh[0], reused[0])
+    assert {"r", "p", "z", ("z", 1), ("e", 0)} <= set(work)
