@@ -171,6 +171,10 @@ def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3
     out = {}
     for _ in range(repeats):  # interleaved, so that all see the same machine; the median is reported
         for key, fn in contenders.items():
+            # start each on an idle machine: after the reference's two-thread BLAS calls, OpenBLAS's
+            # worker spins on the second core for a while (the 256^2 cow right after it: 0.069 s
+            # instead of 0.036 s)
+            time.sleep(0.5)
             t0 = time.perf_counter()
             out[key] = fn()
             times[key].append(time.perf_counter() - t0)
