@@ -269,7 +269,8 @@ def integrate_normals(
     max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
     slow = 0  # steps that needed STEP_CG_ITERATIONS or more
     work: dict = {}  # the solver's work arrays, allocated once for all steps
-    _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
+    reweight, assemble = multigrid.kernel(_reweight), multigrid.kernel(_assemble)
+    assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         inner = min(max(cg_tol, 0.1 * change), 1e-2)
         z_in = z
@@ -279,8 +280,8 @@ def integrate_normals(
         if slow >= ROUGH_AFTER and solver == "multigrid":
             step = None
         cg_total += cg_it
-        new_energy = _reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
-        _assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
+        new_energy = reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
+        assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
         energy = new_energy
         # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never

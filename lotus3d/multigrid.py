@@ -27,6 +27,8 @@ cores now give about 1.6x (768 x 576 cow: 0.6-0.7 s instead of 1.0-1.1 s).
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -34,6 +36,31 @@ from numba import njit, prange
 # OpenMP first for the parallel loops (numba's default tries TBB first, which warns when the TBB found
 # is too old; the fallback stays TBB, then numba's own work queue).
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+_OPENMP_PID: int | None = None  # the process that first ran the parallel kernels
+_SERIAL: dict = {}  # parallel kernel -> its single-threaded twin, for forked children
+
+
+def forked_child() -> bool:
+    """Whether this process was forked from one that had already run the parallel kernels. GNU
+    OpenMP cannot start threads in such a child (numba terminates it), so there they run on one
+    thread."""
+    global _OPENMP_PID
+    pid = os.getpid()
+    if _OPENMP_PID is None:
+        _OPENMP_PID = pid
+    return pid != _OPENMP_PID
+
+
+def kernel(fn):
+    """The parallel numba kernel ``fn``, or in a forked child (see :func:`forked_child`) a
+    single-threaded twin compiled from the same code on first use there."""
+    if not forked_child():
+        return fn
+    if fn not in _SERIAL:
+        _SERIAL[fn] = njit(fn.py_func)
+    return _SERIAL[fn]
+
 
 # Piecewise-constant prolongation underestimates smooth corrections; scaling the coarse correction
 # (the preconditioner stays symmetric) cut CG iterations about 3x on normal-integration systems
@@ -343,7 +370,7 @@ class Multigrid:
         work = {} if work is None else work
         self.levels = [(cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, "inv", diag.shape)))]
         while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
-            cx, cy, diag, valid = coarsen(cx, cy, diag, valid)
+            cx, cy, diag, valid = kernel(coarsen)(cx, cy, diag, valid)
             inv = np.divide(1.0, diag, out=_buffer(work, ("inv", len(self.levels)), diag.shape))
             self.levels.append((cx, cy, diag, valid, inv))
         # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and
@@ -370,16 +397,16 @@ class Multigrid:
             return z
         cx, cy, diag, valid, inv = self.levels[level]
         bc = self.rhs[level + 1]
-        parallel = diag.size >= PARALLEL_PIXELS
+        parallel = diag.size >= PARALLEL_PIXELS and not forked_child()
         (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
         if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e)
             e = self.e[level]
             e.fill(0.0)
-            _prolong_add(zc, valid, e, 1.0)
-            eae = _matvec_dot(cx, cy, diag, e, self.Ae[level])
-            step = dot(zc, bc) / eae if eae > 0 else 1.0
+            kernel(_prolong_add)(zc, valid, e, 1.0)
+            eae = kernel(_matvec_dot)(cx, cy, diag, e, self.Ae[level])
+            step = kernel(dot)(zc, bc) / eae if eae > 0 else 1.0
         (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, valid, step)
         return z
 
@@ -413,19 +440,20 @@ def solve(
 
     x = x0.copy()
     r, p, Ap, z, z_old = (_buffer(work, key, b.shape) for key in ("r", "p", "Ap", "z", "z_old"))
-    residual(cx, cy, diag, b, x, r)
-    stop2 = rtol**2 * dot(b, b)
-    if dot(r, r) <= stop2:
+    dot_, cg_step, matvec_dot, direction = (kernel(f) for f in (dot, _cg_step, _matvec_dot, _direction))
+    kernel(residual)(cx, cy, diag, b, x, r)
+    stop2 = rtol**2 * dot_(b, b)
+    if dot_(r, r) <= stop2:
         return x, 0
     M(r, z)
     p[...] = z
-    rz = dot(r, z)
+    rz = dot_(r, z)
     for it in range(1, maxiter + 1):
-        if _cg_step(x, r, p, Ap, rz / _matvec_dot(cx, cy, diag, p, Ap)) <= stop2:
+        if cg_step(x, r, p, Ap, rz / matvec_dot(cx, cy, diag, p, Ap)) <= stop2:
             return x, it
         z_old, z = z, z_old
         M(r, z)
-        rz, rz_old = dot(r, z), rz
-        beta = (rz - dot(r, z_old)) / rz_old if flexible else rz / rz_old  # Polak-Ribiere if flexible
-        _direction(p, z, beta)
+        rz, rz_old = dot_(r, z), rz
+        beta = (rz - dot_(r, z_old)) / rz_old if flexible else rz / rz_old  # Polak-Ribiere if flexible
+        direction(p, z, beta)
     return x, maxiter

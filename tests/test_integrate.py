@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -282,3 +284,31 @@ def test_integration_does_not_depend_on_the_number_of_threads():
         finally:
             numba.set_num_threads(threads)
     assert np.array_equal(depths[0], depths[1], equal_nan=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_integrates_on_one_thread_to_the_same_depth():
+    """GNU OpenMP cannot start threads in a process forked from one that used it (numba terminates
+    the child); there the kernels run single-threaded twins, which compute the same numbers."""
+    from lotus3d.bench.single import cow_view
+
+    _, normal, K, mask = cow_view(256, 200)
+    parent = integrate_normals(normal, K, mask).depth  # the parent's OpenMP threads are running now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report the depth through the pipe, exit without running pytest's teardown
+        code = 1
+        try:
+            depth = integrate_normals(normal, K, mask).depth
+            with os.fdopen(write, "wb") as f:
+                f.write(depth.tobytes())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child = np.frombuffer(data, parent.dtype).reshape(parent.shape)
+    assert np.array_equal(child, parent, equal_nan=True)

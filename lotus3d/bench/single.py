@@ -21,7 +21,7 @@ published mean MADE, 1.5036 mm, to 0.3 %). It is timed twice: as is, and with BL
 thread (on a 2-core VM numpy's multi-threaded dot products inside scipy's ``cg`` slowed it by a
 varying 1.1-2x; ours calls no BLAS). Our numba kernels are compiled (or loaded from numba's disk
 cache) once per process, before timing; that one-off time is printed too. Times are medians of
-three runs, interleaved; peak memory comes from a separate run of each.
+three runs, interleaved, each started after 0.5 s idle; peak memory comes from a separate run of each.
 """
 
 from __future__ import annotations
