@@ -269,26 +269,27 @@ def integrate_normals(
     max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
     slow = 0  # steps that needed STEP_CG_ITERATIONS or more
     work: dict = {}  # the solver's work arrays, allocated once for all steps
-    reweight, assemble = multigrid.kernel(_reweight), multigrid.kernel(_assemble)
-    assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
-    for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        inner = min(max(cg_tol, 0.1 * change), 1e-2)
-        z_in = z
-        z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, max_cg, solver, step, work)
-        solved = cg_it < max_cg
-        slow += cg_it >= STEP_CG_ITERATIONS
-        if slow >= ROUGH_AFTER and solver == "multigrid":
-            step = None
-        cg_total += cg_it
-        new_energy = reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
+    with multigrid.threads_for(valid.shape[0]):
+        reweight, assemble = multigrid.kernel(_reweight), multigrid.kernel(_assemble)
         assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
-        change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
-        energy = new_energy
-        # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never
-        # settle to tol; the prior anchors the depth, so also stop once it no longer moves
-        settled = prior_depth is not None and float(np.abs(z - z_in)[valid].mean()) < PRIOR_SETTLED
-        if inner <= cg_tol and ((change < tol and solved) or settled):
-            break
+        for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+            inner = min(max(cg_tol, 0.1 * change), 1e-2)
+            z_in = z
+            z, cg_it = multigrid.solve(cx, cy, diag, valid, rhs, z, inner, max_cg, solver, step, work)
+            solved = cg_it < max_cg
+            slow += cg_it >= STEP_CG_ITERATIONS
+            if slow >= ROUGH_AFTER and solver == "multigrid":
+                step = None
+            cg_total += cg_it
+            new_energy = reweight(au, av, bu, bv, valid, link_x, link_y, z, k, lam, zp, w)
+            assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
+            change = abs(energy - new_energy) / max(abs(new_energy), 1e-300)
+            energy = new_energy
+            # with a prior, noisy normals keep flipping weights at a few pixels and the energy may never
+            # settle to tol; the prior anchors the depth, so also stop once it no longer moves
+            settled = prior_depth is not None and float(np.abs(z - z_in)[valid].mean()) < PRIOR_SETTLED
+            if inner <= cg_tol and ((change < tol and solved) or settled):
+                break
 
     depth = np.full(m.shape, np.nan)
     depth[crop] = np.where(valid[1:-1, 1:-1], np.exp(z[1:-1, 1:-1]), np.nan)

@@ -270,12 +270,15 @@ def test_integration_does_not_depend_on_the_number_of_threads():
     moves the final error by a few percent)."""
     import numba
 
+    from lotus3d import multigrid
     from lotus3d.bench.single import cow_view
 
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
     if threads < 2:
         pytest.skip("one core: nothing to compare")
     _, normal, K, mask = cow_view(256, 200)  # cropped grid above PARALLEL_PIXELS: parallel sweeps too
+    rows = np.ptp(np.nonzero(mask)[0]) + 3  # and enough rows for two threads (threads_for)
+    assert rows >= 2 * multigrid.ROWS_PER_THREAD
     depths = []
     for n in (1, threads):
         numba.set_num_threads(n)

@@ -205,3 +205,14 @@ def test_work_arrays_kept_across_solves_give_the_same_results():
         reused = multigrid.solve(cx, cy, diag, valid, b, np.zeros_like(b), rtol=1e-8, step=step, work=work)
         assert fresh[1] == reused[1] and np.array_equal(fresh[0], reused[0])
     assert {"r", "p", "z", ("z", 1), ("e", 0)} <= set(work)
+
+
+def test_small_grids_use_fewer_threads_and_the_count_is_restored():
+    before = numba.get_num_threads()
+    for rows in (10, 100, 10_000):
+        with multigrid.threads_for(rows):
+            assert numba.get_num_threads() == max(1, min(before, rows // multigrid.ROWS_PER_THREAD))
+        assert numba.get_num_threads() == before
+    with pytest.raises(RuntimeError), multigrid.threads_for(10):
+        raise RuntimeError("a failing solve")
+    assert numba.get_num_threads() == before
