@@ -247,18 +247,25 @@ def _prolong_add(zc, valid, z, scale):
         _prolong_row(zc, valid, z, y, scale)
 
 
-@njit(cache=True, parallel=True)
-def coarsen(cx, cy, diag, valid):
-    """Galerkin system P^T A P of 2 x 2 piecewise-constant aggregation of the valid pixels.
+def coarse_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """Padded shape of the level below a padded (H+2, W+2) grid: (ceil(H/2) + 2, ceil(W/2) + 2)."""
+    return (shape[0] - 1) // 2 + 2, (shape[1] - 1) // 2 + 2
 
-    Fine interior pixel (y, x) (1-based) joins coarse pixel ((y + 1) // 2, (x + 1) // 2); returns
-    padded (cx, cy, diag, valid) of interior size (ceil(H/2), ceil(W/2)); empty blocks decoupled."""
+
+@njit(cache=True, parallel=True)
+def coarsen(cx, cy, diag, valid, cxc, cyc, dc, vc):
+    """Galerkin system P^T A P of 2 x 2 piecewise-constant aggregation of the valid pixels, into
+    (cxc, cyc, dc, vc) of :func:`coarse_shape` (allocated by the caller, so that numpy sees them and
+    a hierarchy can reuse them; every entry is overwritten).
+
+    Fine interior pixel (y, x) (1-based) joins coarse pixel ((y + 1) // 2, (x + 1) // 2); empty blocks
+    are decoupled."""
     h, w = diag.shape[0] - 2, diag.shape[1] - 2
-    hc, wc = (h + 1) // 2 + 2, (w + 1) // 2 + 2
-    cxc = np.zeros((hc, wc))
-    cyc = np.zeros((hc, wc))
-    dc = np.ones((hc, wc))
-    vc = np.zeros((hc, wc), np.bool_)
+    hc = cxc.shape[0]
+    cxc[:] = 0.0
+    cyc[:] = 0.0
+    dc[:] = 1.0
+    vc[:] = False
     for yc in prange(1, hc - 1):  # coarse row yc gathers fine rows 2 yc - 1 and 2 yc
         for y in range(2 * yc - 1, min(2 * yc, h) + 1):
             for x in range(1, w + 1):
@@ -277,7 +284,6 @@ def coarsen(cx, cy, diag, valid):
                     dc[yc, xc] -= 2.0 * cy[y, x]
                 else:
                     cyc[yc, xc] += cy[y, x]
-    return cxc, cyc, dc, vc
 
 
 @njit(cache=True, parallel=True)
@@ -361,12 +367,12 @@ def _dense(cx: np.ndarray, cy: np.ndarray, diag: np.ndarray) -> np.ndarray:
     return A
 
 
-def _buffer(work: dict, key, shape: tuple[int, ...]) -> np.ndarray:
+def _buffer(work: dict, key, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
     """work[key] if it has this shape, else a new zero array stored there. The kernels write only the
-    interior of the arrays they fill, so a reused one keeps its zero padding."""
+    interior of the arrays they fill (or all of them), so a reused one keeps its zero padding."""
     a = work.get(key)
     if a is None or a.shape != shape:
-        a = work[key] = np.zeros(shape)
+        a = work[key] = np.zeros(shape, dtype)
     return a
 
 
@@ -392,7 +398,12 @@ class Multigrid:
         work = {} if work is None else work
         self.levels = [(cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, "inv", diag.shape)))]
         while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
-            cx, cy, diag, valid = kernel(coarsen)(cx, cy, diag, valid)
+            n = len(self.levels)
+            shape = coarse_shape(diag.shape)
+            coarse = [_buffer(work, (name, n), shape) for name in ("cx", "cy", "diag")]
+            vc = _buffer(work, ("valid", n), shape, np.bool_)
+            kernel(coarsen)(cx, cy, diag, valid, *coarse, vc)
+            cx, cy, diag, valid = *coarse, vc
             inv = np.divide(1.0, diag, out=_buffer(work, ("inv", len(self.levels)), diag.shape))
             self.levels.append((cx, cy, diag, valid, inv))
         # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and

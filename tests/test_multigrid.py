@@ -43,7 +43,10 @@ def test_coarse_operator_is_the_galerkin_product():
         for x in range(w):
             if valid[y + 1, x + 1]:
                 P[y * w + x, (y // 2) * wc + x // 2] = 1.0
-    cxc, cyc, dc, vc = multigrid.coarsen(cx, cy, diag, valid)
+    shape = multigrid.coarse_shape(diag.shape)
+    cxc, cyc, dc = (np.full(shape, 5.0) for _ in range(3))  # stale contents: all overwritten
+    vc = np.ones(shape, bool)
+    multigrid.coarsen(cx, cy, diag, valid, cxc, cyc, dc, vc)
     Ac = multigrid._dense(cxc, cyc, dc)
     G = P.T @ A @ P
     used = P.any(0)
