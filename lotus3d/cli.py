@@ -387,10 +387,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "'predict': depth + normal for one 640x480 image with random-initialised SD2-sized Lotus models "
     "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
-    "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS on "
-    "one thread) on the rendered cow "
-    "and the DiLiGenT objects, then ours with a depth prior on realistic simulated predictions. 'ray': views per "
-    "second, local vs a local Ray cluster.",
+    "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
+    "on one thread) on the rendered cow and the DiLiGenT objects, then ours with a depth prior on realistic "
+    "simulated predictions. 'ray': views per second, local vs a local Ray cluster.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:

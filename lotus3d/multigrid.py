@@ -396,16 +396,20 @@ class Multigrid:
     ):
         self.step = step
         work = {} if work is None else work
-        self.levels = [(cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, "inv", diag.shape)))]
-        while (diag.shape[0] - 2) * (diag.shape[1] - 2) > coarse_size:  # halves every dimension above 1
+        # the kernels for this process, chosen once here rather than on every cycle (see kernel)
+        self.threads = not forked_child()
+        self.prolong_add, self.matvec_dot, self.dot = (kernel(f) for f in (_prolong_add, _matvec_dot, dot))
+        self.levels = []
+        while True:
             n = len(self.levels)
+            self.levels.append((cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, ("inv", n), diag.shape))))
+            if (diag.shape[0] - 2) * (diag.shape[1] - 2) <= coarse_size:  # halves every dimension above 1
+                break
             shape = coarse_shape(diag.shape)
-            coarse = [_buffer(work, (name, n), shape) for name in ("cx", "cy", "diag")]
-            vc = _buffer(work, ("valid", n), shape, np.bool_)
+            coarse = [_buffer(work, (name, n + 1), shape) for name in ("cx", "cy", "diag")]
+            vc = _buffer(work, ("valid", n + 1), shape, np.bool_)
             kernel(coarsen)(cx, cy, diag, valid, *coarse, vc)
             cx, cy, diag, valid = *coarse, vc
-            inv = np.divide(1.0, diag, out=_buffer(work, ("inv", len(self.levels)), diag.shape))
-            self.levels.append((cx, cy, diag, valid, inv))
         # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and
         # no BLAS thread left spinning on a core the kernels need
         self.coarse_factor = _cholesky(_dense(cx, cy, diag))
@@ -430,16 +434,16 @@ class Multigrid:
             return z
         cx, cy, diag, valid, inv = self.levels[level]
         bc = self.rhs[level + 1]
-        parallel = diag.size >= PARALLEL_PIXELS and not forked_child()
+        parallel = self.threads and diag.size >= PARALLEL_PIXELS
         (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
         if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e)
             e = self.e[level]
             e.fill(0.0)
-            kernel(_prolong_add)(zc, valid, e, 1.0)
-            eae = kernel(_matvec_dot)(cx, cy, diag, e, self.Ae[level])
-            step = kernel(dot)(zc, bc) / eae if eae > 0 else 1.0
+            self.prolong_add(zc, valid, e, 1.0)
+            eae = self.matvec_dot(cx, cy, diag, e, self.Ae[level])
+            step = self.dot(zc, bc) / eae if eae > 0 else 1.0
         (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, valid, step)
         return z
 
