@@ -194,6 +194,13 @@ def _single_args(p: argparse.ArgumentParser) -> None:
         default=0.01,
         help="disparity below this (0..1) is sky / background and not meshed (default: 0.01)",
     )
+    p.add_argument(
+        "--simplify",
+        type=int,
+        default=0,
+        metavar="TRIANGLES",
+        help="decimate the mesh to at most this many triangles (quadric; texture kept; default 0: two per pixel)",
+    )
     add_arguments(p, PredictConfig)
 
 
@@ -224,6 +231,7 @@ def _single(args: argparse.Namespace) -> int:
         args.prior_weight,
         args.sky_threshold,
         from_args(PredictConfig, args),
+        simplify=args.simplify,
     )
     rep = r.report
     print(f"mesh: {r.mesh} ({rep['triangles']} triangles); depth: {r.depth}; preview: {r.preview}")

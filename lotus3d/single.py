@@ -12,8 +12,10 @@ from itertools import product
 import numpy as np
 import trimesh
 from PIL import Image
+from scipy import ndimage
 
 from .integrate import angular_error_deg, depth_to_normals
+from .mesh import Mesh, simplify
 from .types import DepthKind
 
 DEFAULT_FOV_DEG = 55.0  # horizontal field of view when neither K nor EXIF focal length is known
@@ -132,10 +134,14 @@ def depth_to_mesh(
     image: np.ndarray | None = None,
     max_relative_jump: float = 0.05,
     breaks: np.ndarray | None = None,
+    max_triangles: int = 0,
 ) -> trimesh.Trimesh:
-    """Triangulate the pixel grid in 3D (OpenCV camera frame), cutting triangles across
-    discontinuities: a relative depth jump above ``max_relative_jump`` along an edge, or a pixel
-    flagged in ``breaks`` (H, W) bool. With ``image`` the mesh carries UVs + texture and vertex colours.
+    """Triangulate the pixel grid of an (H, W) depth map in 3D (OpenCV camera frame, depth units),
+    cutting triangles across discontinuities: a relative depth jump above ``max_relative_jump`` along
+    an edge, or a pixel flagged in ``breaks`` (H, W) bool. ``max_triangles`` > 0: quadric decimation
+    to at most that many triangles. With ``image`` (H, W, 3) in [0, 1] the mesh carries the image as
+    texture (UVs: each vertex projected through K, so they stay exact after decimation) and vertex
+    colours in ``mesh.metadata["vertex_colors"]`` (V, 3) uint8.
     """
     h, w = depth.shape
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
@@ -159,14 +165,25 @@ def depth_to_mesh(
     used = np.unique(faces)
     remap = -np.ones(h * w, np.int64)
     remap[used] = np.arange(len(used))
-    verts = pts[used]
-    faces = remap[faces]
-    if image is None:
-        return trimesh.Trimesh(verts, faces, process=False)
-    uv = np.stack([(u.reshape(-1)[used] + 0.5) / w, 1.0 - (v.reshape(-1)[used] + 0.5) / h], -1)
-    tex = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
-    colors = (np.clip(image.reshape(-1, 3)[used], 0, 1) * 255).astype(np.uint8)
+    verts, faces = pts[used], remap[faces]
+    if 0 < max_triangles < len(faces):
+        small = simplify(Mesh(verts, faces), max_triangles)
+        verts, faces = small.vertices, small.faces
     mesh = trimesh.Trimesh(verts, faces, process=False)
-    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=tex)
-    mesh.metadata["vertex_colors"] = colors
+    if image is not None:
+        _texture_from_view(mesh, K, image)
     return mesh
+
+
+def _texture_from_view(mesh: trimesh.Trimesh, K: np.ndarray, image: np.ndarray) -> None:
+    """Give a mesh in the camera frame the image as texture: UVs of each vertex's projection (pixel
+    centres at integer coordinates, v up as glTF / OBJ expect) and bilinearly sampled vertex colours."""
+    h, w = image.shape[:2]
+    P = np.asarray(mesh.vertices)
+    px = K[0, 0] * P[:, 0] / P[:, 2] + K[0, 2]
+    py = K[1, 1] * P[:, 1] / P[:, 2] + K[1, 2]
+    uv = np.stack([(px + 0.5) / w, 1.0 - (py + 0.5) / h], -1)
+    img = np.clip(image[..., :3], 0, 1)
+    colors = np.stack([ndimage.map_coordinates(img[..., ch], [py, px], order=1, mode="nearest") for ch in range(3)], -1)
+    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray((img * 255).astype(np.uint8)))
+    mesh.metadata["vertex_colors"] = (colors * 255).round().astype(np.uint8)

@@ -68,6 +68,7 @@ def run_single(
     sky_threshold: float = 0.01,
     pcfg: PredictConfig | None = None,
     far_factor: float = 8.0,
+    simplify: int = 0,
 ) -> SingleResult:
     """Reconstruct one image into ``out`` (.glb, .obj or .ply; default IMAGE.glb next to the image).
 
@@ -75,12 +76,15 @@ def run_single(
         scale: depth units: the median depth of the result (1 = relative units; metres if known).
         sky_threshold: disparity predictions below this (0..1) are sky / background, not meshed.
         far_factor: pixels deeper than this times the median depth are background, not meshed.
+        simplify: decimate the mesh to at most this many triangles (0: two per pixel square).
     """
     t0 = time.perf_counter()
     image_path = Path(image_path)
     out = Path(out) if out else image_path.with_suffix(".glb")
     if out.suffix.lower() not in (".glb", ".obj", ".ply"):
         raise InputError(f"output must end in .glb, .obj or .ply, not {out.suffix!r}")
+    if simplify < 0:
+        raise InputError(f"--simplify must be 0 (keep all triangles) or a positive triangle count, not {simplify}")
     image = load_image(image_path)
     h, w = image.shape[:2]
     if K is not None:
@@ -121,7 +125,7 @@ def run_single(
 
     t = time.perf_counter()
     breaks = res.weights.min(-1) < 0.05
-    mesh = single.depth_to_mesh(depth, K, image, max_relative_jump=0.05, breaks=breaks & mask)
+    mesh = single.depth_to_mesh(depth, K, image, max_relative_jump=0.05, breaks=breaks & mask, max_triangles=simplify)
     _export(mesh, out)
     depth_path = out.with_suffix(".depth.npy")
     save_npy(depth_path, depth.astype(np.float32))

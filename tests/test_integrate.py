@@ -52,6 +52,19 @@ def test_exact_normals_of_a_plane_integrate_to_its_depth():
         assert _made(res.depth, d, m) < 1e-4, solver
 
 
+def test_exact_normals_of_a_rendered_mesh_integrate_to_its_depth():
+    """The Spot cow (the bundled copy of shared/data/mesh_spot_cow) ray-cast at 160 x 120: its legs,
+    head and horns overlap, and the bilateral weights let the depth break there (k = 0, plain least
+    squares, smooths every break into a ramp)."""
+    from lotus3d.bench.single import cow_view
+
+    d, n, K, m = cow_view(160, 120)
+    res = integrate_normals(n, K, m)
+    plain = integrate_normals(n, K, m, k=0.0)
+    assert _made(res.depth, d, m) < 3e-3
+    assert _made(res.depth, d, m) < 0.4 * _made(plain.depth, d, m)
+
+
 def test_noisy_normals_with_warped_prior_beat_the_prior(scene):
     d, n, K, m, _ = scene
     rng = np.random.default_rng(0)
@@ -136,6 +149,44 @@ def test_depth_mesh_cuts_across_discontinuities(scene):
     assert (z.max(1) / z.min(1)).max() <= 1.05 + 1e-6
 
 
+def test_decimated_depth_mesh_keeps_its_surface_silhouette_and_texture(scene, tmp_path):
+    """Decimation to a tenth of the triangles keeps the surface (ray-cast depth) and the silhouette,
+    and the texture still maps each vertex to the pixel it projects to (checked after a GLB round
+    trip, on an image whose colours encode the pixel coordinates)."""
+    import open3d as o3d
+    import trimesh
+
+    d, n, K, m, hit = scene
+    h, w = d.shape
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    image = np.stack([u / (w - 1), v / (h - 1), np.full((h, w), 0.5)], -1)
+    full = depth_to_mesh(d, K, image)
+    small = depth_to_mesh(d, K, image, max_triangles=len(full.faces) // 10)
+    assert len(small.faces) <= len(full.faces) // 10
+
+    def cast(mesh):
+        sc = o3d.t.geometry.RaycastingScene()
+        sc.add_triangles(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
+        rays = np.concatenate([np.zeros((h, w, 3)), _rays(h, w, K)], -1).astype(np.float32)
+        return sc.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+
+    t_full, t_small = cast(full), cast(small)
+    seen = np.isfinite(t_full)
+    assert np.isfinite(t_small[seen]).mean() > 0.97
+    both = seen & np.isfinite(t_small)
+    assert np.median(np.abs(t_small[both] / d[both] - 1)) < 2e-3
+    assert not (np.isfinite(t_small) & ~np.isfinite(d)).any()
+
+    small.export(tmp_path / "small.glb")
+    loaded = trimesh.load(tmp_path / "small.glb", force="mesh", process=False)
+    colours = loaded.visual.to_color().vertex_colors[:, :2] / 255.0  # the texture sampled at the UVs
+    P = np.asarray(loaded.vertices)
+    px, py = K[0, 0] * P[:, 0] / P[:, 2] + K[0, 2], K[1, 1] * P[:, 1] / P[:, 2] + K[1, 2]
+    expected = np.stack([px / (w - 1), py / (h - 1)], -1)
+    assert np.median(np.abs(colours - expected), axis=0).max() < 2 / 255 + 1 / min(h, w)  # per channel
+    assert np.allclose(small.metadata["vertex_colors"][:, :2] / 255.0, np.clip(expected, 0, 1), atol=3 / 255)
+
+
 def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     from lotus3d import synthetic
     from lotus3d.cache import CacheMeta, PredictionCache
@@ -181,6 +232,12 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     from lotus3d.mesh import load_mesh_geometry
 
     assert len(load_mesh_geometry(tmp_path / "photo.glb").faces) > 1000
+    # decimated on request
+    args = ["single", str(tmp_path / "photo.png"), "-o", str(tmp_path / "small.glb"), "--predictions"]
+    assert main([*args, str(tmp_path / "pred"), "--simplify", "2000"]) == 0
+    assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 2000
+    assert main([*args, str(tmp_path / "pred"), "--simplify", "-5"]) == 2
+    assert "--simplify" in capsys.readouterr().err
     # bad input: predictions at another size
     cache.write(
         "photo",
