@@ -386,6 +386,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         default="realistic",
         help="'reconstruct': simulated prediction errors (default: realistic, calibrated to Lotus)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="'single': timed runs of each solver per input, interleaved; the median is reported (default: 3)",
+    )
 
 
 @command(
@@ -396,7 +402,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
-    "on one thread) on the rendered cow and the DiLiGenT objects, then ours with a depth prior on realistic "
+    "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then ours with a "
+    "depth prior on realistic "
     "simulated predictions. 'ray': views per second, local vs a local Ray cluster.",
 )
 @arguments(_bench_args)
@@ -412,7 +419,11 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.stage == "single":
         from lotus3d.bench.single import run as run_single_bench
 
-        run_single_bench()
+        if args.repeats < 1:
+            from lotus3d.errors import InputError
+
+            raise InputError(f"--repeats must be at least 1, not {args.repeats}")
+        run_single_bench(repeats=args.repeats)
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
         from lotus3d.configs import ReconstructConfig
