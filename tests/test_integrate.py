@@ -150,13 +150,15 @@ def test_depth_mesh_cuts_across_discontinuities(scene):
 
 
 def test_decimated_depth_mesh_keeps_its_surface_silhouette_and_texture(scene, tmp_path):
-    """Decimation to a tenth of the triangles keeps the surface (ray-cast depth) and the silhouette,
-    and the texture still maps each vertex to the pixel it projects to (checked after a GLB round
-    trip, on an image whose colours encode the pixel coordinates)."""
+    """Decimation to a tenth of the triangles keeps the surface (ray-cast depth) and the silhouette
+    (the sphere alone, nothing around it), and the texture still maps each vertex to the pixel it
+    projects to (checked after a GLB round trip, on an image whose colours encode the pixel
+    coordinates)."""
     import open3d as o3d
     import trimesh
 
     d, n, K, m, hit = scene
+    d = np.where(hit, d, np.nan)
     h, w = d.shape
     u, v = np.meshgrid(np.arange(w), np.arange(h))
     image = np.stack([u / (w - 1), v / (h - 1), np.full((h, w), 0.5)], -1)

@@ -18,7 +18,7 @@ normals), reporting time and the mean relative depth error of the prior and of t
 (the reference has no prior term, so there is nothing to compare it with there).
 
 It reports time, peak memory (tracemalloc: numpy allocations) and the mean absolute depth error
-after median scaling (MADE; relative to the mean GT depth for the cow, millimetres for DiLiGenT, as
+after median scaling (MADE; relative to the mean GT depth for the panel, millimetres for DiLiGenT, as
 BiNI reports it). The reference follows the BiNI formulation plainly: sparse difference matrices,
 normal equations by sparse products each iteration, scipy ``cg`` with a Jacobi preconditioner warm
 started from the last depth, k = 2, tol 1e-4, CG tol 1e-3 (on DiLiGenT it reproduces BiNI's
@@ -26,7 +26,8 @@ published mean MADE, 1.5036 mm, to 0.3 %). It is timed twice: as is, and with BL
 thread (on a 2-core VM numpy's multi-threaded dot products inside scipy's ``cg`` slowed it by a
 varying 1.1-2x; ours calls no BLAS). Our numba kernels are compiled (or loaded from numba's disk
 cache) once per process, before timing; that one-off time is printed too. Times are medians of
-three runs, interleaved, each started after 0.5 s idle; peak memory comes from a separate run of each.
+``repeats`` (3) runs, interleaved, each started after 0.5 s idle; peak memory comes from a separate
+run of each.
 """
 
 from __future__ import annotations
