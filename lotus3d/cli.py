@@ -403,8 +403,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then ours with a "
-    "depth prior on realistic "
-    "simulated predictions. 'ray': views per second, local vs a local Ray cluster.",
+    "depth prior on realistic simulated predictions. 'ray': views per second, local vs a local Ray cluster.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
