@@ -235,10 +235,17 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
 
     assert len(load_mesh_geometry(tmp_path / "photo.glb").faces) > 1000
     # decimated on request
-    args = ["single", str(tmp_path / "photo.png"), "-o", str(tmp_path / "small.glb"), "--predictions"]
-    assert main([*args, str(tmp_path / "pred"), "--simplify", "2000"]) == 0
+    args = [
+        "single",
+        str(tmp_path / "photo.png"),
+        "-o",
+        str(tmp_path / "small.glb"),
+        "--predictions",
+        str(tmp_path / "pred"),
+    ]
+    assert main([*args, "--simplify", "2000"]) == 0
     assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 2000
-    assert main([*args, str(tmp_path / "pred"), "--simplify", "-5"]) == 2
+    assert main([*args, "--simplify", "-5"]) == 2
     assert "--simplify" in capsys.readouterr().err
     # bad input: predictions at another size
     cache.write(

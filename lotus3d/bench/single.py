@@ -113,12 +113,15 @@ PANEL = (
 VIEW_DISTANCE = 1.35
 
 
-def _panel_mesh(name: str) -> Path | None:
-    """The mesh file of a PANEL entry (the bottle lives in shared/data; None when that is absent)."""
-    if name == "cow":
-        return bundled_cow()
+def _shared_bottle() -> Path | None:
+    """shared/data's Fuze bottle mesh, or None when it is absent."""
     bottle = (shared_data() or Path("/nonexistent")) / "mesh_fuze_bottle" / "fuze.obj"
     return bottle if bottle.exists() else None
+
+
+def _panel_mesh(name: str) -> Path | None:
+    """The mesh file of a PANEL entry (None when the shared bottle is absent)."""
+    return bundled_cow() if name == "cow" else _shared_bottle()
 
 
 def mesh_view(
@@ -313,9 +316,8 @@ def realistic_rows(width: int = 768, height: int = 576) -> list[dict]:
     from .. import single, synthetic
     from ..simulate import simulate_realistic
 
-    data = shared_data()
-    bottle = data / "mesh_fuze_bottle" / "fuze.obj" if data else None
-    if bottle is None or not bottle.exists():
+    bottle = _shared_bottle()
+    if bottle is None:
         print("(realistic rows skipped: no shared/data/mesh_fuze_bottle)")
         return []
     rows = []
