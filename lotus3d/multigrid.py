@@ -139,6 +139,19 @@ def _matvec_dot(cx, cy, diag, p, out):
 
 
 @njit(cache=True, parallel=True)
+def quadratic_form(cx, cy, diag, z):
+    """z . A z over the interior (padded (H+2, W+2) arrays)."""
+    h, w = diag.shape
+    rows = np.zeros(h)
+    for y in prange(1, h - 1):
+        s = 0.0
+        for x in range(1, w - 1):
+            s += z[y, x] * (diag[y, x] * z[y, x] - _neighbours(cx, cy, z, y, x))
+        rows[y] = s
+    return ordered_sum(rows)
+
+
+@njit(cache=True, parallel=True)
 def dot(a, b):
     """Sum of a * b over two (H, W) arrays."""
     rows = np.zeros(a.shape[0])
@@ -150,26 +163,43 @@ def dot(a, b):
     return ordered_sum(rows)
 
 
+# The row kernels below that touch one colour compute their formula for the whole row into a scratch
+# row t first (a unit-stride loop, which the compiler vectorises) and then keep the colour's pixels:
+# twice the arithmetic, yet 1.2-1.5x faster than a stride-2 loop, with the same numbers.
 @njit(cache=True, inline="always")
-def _relax_row(cx, cy, inv_diag, b, z, y, colour):
-    """Gauss-Seidel update of row y's pixels with (x + y) % 2 == colour (mutually independent)."""
-    for x in range(1 + (y + 1 + colour) % 2, inv_diag.shape[1] - 1, 2):
-        z[y, x] = (b[y, x] + _neighbours(cx, cy, z, y, x)) * inv_diag[y, x]
+def _relax_row(cx, cy, inv_diag, b, z, y, colour, t):
+    """Gauss-Seidel update of row y's pixels with (x + y) % 2 == colour (mutually independent: each
+    reads only the other colour); t: scratch of length W + 2."""
+    w = z.shape[1]
+    for x in range(1, w - 1):
+        t[x] = (b[y, x] + _neighbours(cx, cy, z, y, x)) * inv_diag[y, x]
+    for x in range(1 + (y + 1 + colour) % 2, w - 1, 2):
+        z[y, x] = t[x]
 
 
 @njit(cache=True, inline="always")
-def _prolong_row(zc, valid, z, y, scale):
-    """Row y of z += scale * P zc (piecewise constant: a valid pixel adds its block's coarse value)."""
-    for x in range(1, z.shape[1] - 1):
-        if valid[y, x]:
-            z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+def _prolong_row(zc, z, y, scale, t):
+    """Row y of z += scale * P zc (piecewise constant: each pixel adds its block's coarse value; at
+    pixels outside the mask this is harmless, the smoothing that follows overwrites them with 0);
+    t: scratch of length W + 2."""
+    yc = (y + 1) // 2
+    w = z.shape[1]
+    for x in range(1, w - 1):
+        t[x] = scale * zc[yc, (x + 1) >> 1]
+    for x in range(1, w - 1):
+        z[y, x] += t[x]
 
 
 @njit(cache=True, inline="always")
-def _red_residual_row(cx, cy, diag, b, z, y, out):
-    """Add row y's residuals b - A z at its red pixels ((x + y) % 2 == 0) to their coarse blocks."""
-    for x in range(1 + (y + 1) % 2, diag.shape[1] - 1, 2):
-        out[(y + 1) // 2, (x + 1) // 2] += b[y, x] - diag[y, x] * z[y, x] + _neighbours(cx, cy, z, y, x)
+def _red_residual_row(cx, cy, diag, b, z, y, out, t):
+    """Add row y's residuals b - A z at its red pixels ((x + y) % 2 == 0) to their coarse blocks; t:
+    scratch of length W + 2."""
+    w = z.shape[1]
+    for x in range(1, w - 1):
+        t[x] = b[y, x] - diag[y, x] * z[y, x] + _neighbours(cx, cy, z, y, x)
+    yc = (y + 1) // 2
+    for x in range(1 + (y + 1) % 2, w - 1, 2):
+        out[yc, (x + 1) // 2] += t[x]
 
 
 @njit(cache=True)
@@ -182,69 +212,64 @@ def _presmooth_restrict(cx, cy, diag, inv_diag, b, z, out):
     neighbours), so only the red ones are summed; each trails the updates by the rows it reads."""
     out[:] = 0.0
     h, w = diag.shape
+    t = np.empty(w)
     for y in range(1, h - 1):
-        for x in range(1 + (y + 1) % 2, w - 1, 2):  # red
+        for x in range(1, w - 1):  # red (the black pixels are overwritten before anything reads them)
             z[y, x] = b[y, x] * inv_diag[y, x]
         if y > 1:
-            _relax_row(cx, cy, inv_diag, b, z, y - 1, 1)
+            _relax_row(cx, cy, inv_diag, b, z, y - 1, 1, t)
         if y > 2:
-            _red_residual_row(cx, cy, diag, b, z, y - 2, out)
-    _relax_row(cx, cy, inv_diag, b, z, h - 2, 1)
+            _red_residual_row(cx, cy, diag, b, z, y - 2, out, t)
+    _relax_row(cx, cy, inv_diag, b, z, h - 2, 1, t)
     for y in range(max(1, h - 3), h - 1):
-        _red_residual_row(cx, cy, diag, b, z, y, out)
+        _red_residual_row(cx, cy, diag, b, z, y, out, t)
 
 
 @njit(cache=True)
-def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, valid, scale):
-    """z += scale * P zc (piecewise constant, valid pixels), then one Gauss-Seidel sweep, black pixels
+def _prolong_postsmooth(cx, cy, inv_diag, b, z, zc, scale):
+    """z += scale * P zc (piecewise constant), then one Gauss-Seidel sweep, black pixels
     then red (the reverse of the pre-smoothing, so the V-cycle is symmetric), in one pass: row y + 1
     is corrected before row y's black pixels and row y - 1's red pixels are updated."""
-    h = z.shape[0]
+    h, w = z.shape
+    t = np.empty(w)
     for y in range(0, h - 1):
         if y + 1 < h - 1:
-            _prolong_row(zc, valid, z, y + 1, scale)
+            _prolong_row(zc, z, y + 1, scale, t)
         if y >= 1:
-            _relax_row(cx, cy, inv_diag, b, z, y, 1)
+            _relax_row(cx, cy, inv_diag, b, z, y, 1, t)
         if y >= 2:
-            _relax_row(cx, cy, inv_diag, b, z, y - 1, 0)
-    _relax_row(cx, cy, inv_diag, b, z, h - 2, 0)
+            _relax_row(cx, cy, inv_diag, b, z, y - 1, 0, t)
+    _relax_row(cx, cy, inv_diag, b, z, h - 2, 0, t)
 
 
 @njit(cache=True, parallel=True)
 def _presmooth_restrict_parallel(cx, cy, diag, inv_diag, b, z, out):
-    """:func:`_presmooth_restrict` one colour at a time, each a parallel loop over rows."""
+    """:func:`_presmooth_restrict` one colour at a time, each a parallel loop over rows (each row
+    with its own scratch)."""
     h, w = diag.shape
     for y in prange(1, h - 1):
-        for x in range(1 + (y + 1) % 2, w - 1, 2):
+        for x in range(1, w - 1):  # red; black is overwritten next
             z[y, x] = b[y, x] * inv_diag[y, x]
     for y in prange(1, h - 1):
-        _relax_row(cx, cy, inv_diag, b, z, y, 1)
+        _relax_row(cx, cy, inv_diag, b, z, y, 1, np.empty(w))
     for yc in prange(out.shape[0]):  # coarse row yc gathers fine rows 2 yc - 1 and 2 yc
         out[yc, :] = 0.0
+        t = np.empty(w)
         for y in range(max(1, 2 * yc - 1), min(2 * yc + 1, h - 1)):
-            _red_residual_row(cx, cy, diag, b, z, y, out)
+            _red_residual_row(cx, cy, diag, b, z, y, out, t)
 
 
 @njit(cache=True, parallel=True)
-def _prolong_postsmooth_parallel(cx, cy, inv_diag, b, z, zc, valid, scale):
-    """:func:`_prolong_postsmooth` one colour at a time, each a parallel loop over rows. Only the red
-    pixels take the correction: the black ones are overwritten first, from their red neighbours."""
+def _prolong_postsmooth_parallel(cx, cy, inv_diag, b, z, zc, scale):
+    """:func:`_prolong_postsmooth` one colour at a time, each a parallel loop over rows (each row
+    with its own scratch)."""
     h, w = z.shape
     for y in prange(1, h - 1):
-        for x in range(1 + (y + 1) % 2, w - 1, 2):
-            if valid[y, x]:
-                z[y, x] += scale * zc[(y + 1) // 2, (x + 1) // 2]
+        _prolong_row(zc, z, y, scale, np.empty(w))
     for y in prange(1, h - 1):
-        _relax_row(cx, cy, inv_diag, b, z, y, 1)
+        _relax_row(cx, cy, inv_diag, b, z, y, 1, np.empty(w))
     for y in prange(1, h - 1):
-        _relax_row(cx, cy, inv_diag, b, z, y, 0)
-
-
-@njit(cache=True, parallel=True)
-def _prolong_add(zc, valid, z, scale):
-    """z += scale * P zc: each valid pixel adds its 2 x 2 block's coarse value."""
-    for y in prange(1, z.shape[0] - 1):
-        _prolong_row(zc, valid, z, y, scale)
+        _relax_row(cx, cy, inv_diag, b, z, y, 0, np.empty(w))
 
 
 def coarse_shape(shape: tuple[int, int]) -> tuple[int, int]:
@@ -260,30 +285,45 @@ def coarsen(cx, cy, diag, valid, cxc, cyc, dc, vc):
 
     Fine interior pixel (y, x) (1-based) joins coarse pixel ((y + 1) // 2, (x + 1) // 2); empty blocks
     are decoupled."""
-    h, w = diag.shape[0] - 2, diag.shape[1] - 2
-    hc = cxc.shape[0]
-    cxc[:] = 0.0
-    cyc[:] = 0.0
-    dc[:] = 1.0
-    vc[:] = False
-    for yc in prange(1, hc - 1):  # coarse row yc gathers fine rows 2 yc - 1 and 2 yc
-        for y in range(2 * yc - 1, min(2 * yc, h) + 1):
-            for x in range(1, w + 1):
-                if not valid[y, x]:
-                    continue
-                xc = (x + 1) // 2
-                if not vc[yc, xc]:
-                    vc[yc, xc] = True
-                    dc[yc, xc] = 0.0
-                dc[yc, xc] += diag[y, x]
-                if (x + 2) // 2 == xc:  # an edge inside the block cancels; one across the border is summed
-                    dc[yc, xc] -= 2.0 * cx[y, x]
-                else:
-                    cxc[yc, xc] += cx[y, x]
-                if (y + 2) // 2 == yc:
-                    dc[yc, xc] -= 2.0 * cy[y, x]
-                else:
-                    cyc[yc, xc] += cy[y, x]
+    hc, wc = cxc.shape
+    for i in range(hc * wc):  # the padding (a plain loop: slice assignments would be parallel loops)
+        yc, xc = divmod(i, wc)
+        if yc == 0 or yc == hc - 1 or xc == 0 or xc == wc - 1:
+            cxc[yc, xc] = cyc[yc, xc] = 0.0
+            dc[yc, xc] = 1.0
+            vc[yc, xc] = False
+    for yc in prange(1, hc - 1):  # block (yc, xc) holds fine rows y0, y0 + 1 and columns x0, x0 + 1
+        y0 = 2 * yc - 1  # a block at the last row or column may hang into the padding (not valid)
+        for xc in range(1, wc - 1):
+            x0 = 2 * xc - 1
+            # added up in the order of the fine pixels; an edge inside the block cancels (-2 c), one
+            # across its right or lower border is summed into the coarse conductance
+            d = ex = ey = 0.0
+            any_valid = False
+            if valid[y0, x0]:
+                any_valid = True
+                d += diag[y0, x0]
+                d -= 2.0 * cx[y0, x0]
+                d -= 2.0 * cy[y0, x0]
+            if valid[y0, x0 + 1]:
+                any_valid = True
+                d += diag[y0, x0 + 1]
+                ex += cx[y0, x0 + 1]
+                d -= 2.0 * cy[y0, x0 + 1]
+            if valid[y0 + 1, x0]:
+                any_valid = True
+                d += diag[y0 + 1, x0]
+                d -= 2.0 * cx[y0 + 1, x0]
+                ey += cy[y0 + 1, x0]
+            if valid[y0 + 1, x0 + 1]:
+                any_valid = True
+                d += diag[y0 + 1, x0 + 1]
+                ex += cx[y0 + 1, x0 + 1]
+                ey += cy[y0 + 1, x0 + 1]
+            cxc[yc, xc] = ex
+            cyc[yc, xc] = ey
+            dc[yc, xc] = d if any_valid else 1.0
+            vc[yc, xc] = any_valid
 
 
 @njit(cache=True, parallel=True)
@@ -355,15 +395,20 @@ def _dense_solve(L, keep, b, z):
         z[1 + i // w, 1 + i % w] = y[i]
 
 
-def _dense(cx: np.ndarray, cy: np.ndarray, diag: np.ndarray) -> np.ndarray:
-    """The interior system as a dense matrix."""
-    cx, cy, diag = cx[1:-1, 1:-1], cy[1:-1, 1:-1], diag[1:-1, 1:-1]
-    h, w = diag.shape
-    A = np.diag(diag.ravel())
-    idx = np.arange(h * w).reshape(h, w)
-    for i, j, c in ((idx[:, :-1], idx[:, 1:], cx[:, :-1]), (idx[:-1], idx[1:], cy[:-1])):
-        A[i.ravel(), j.ravel()] -= c.ravel()
-        A[j.ravel(), i.ravel()] -= c.ravel()
+@njit(cache=True)
+def _dense(cx, cy, diag):
+    """The interior system of padded (H+2, W+2) arrays as a dense (H W, H W) matrix (row-major
+    pixels)."""
+    h, w = diag.shape[0] - 2, diag.shape[1] - 2
+    A = np.zeros((h * w, h * w))
+    for y in range(h):
+        for x in range(w):
+            i = y * w + x
+            A[i, i] = diag[y + 1, x + 1]
+            if x + 1 < w:
+                A[i, i + 1] = A[i + 1, i] = -cx[y + 1, x + 1]
+            if y + 1 < h:
+                A[i, i + w] = A[i + w, i] = -cy[y + 1, x + 1]
     return A
 
 
@@ -398,7 +443,7 @@ class Multigrid:
         work = {} if work is None else work
         # the kernels for this process, chosen once here rather than on every cycle (see kernel)
         self.threads = not forked_child()
-        self.prolong_add, self.matvec_dot, self.dot = (kernel(f) for f in (_prolong_add, _matvec_dot, dot))
+        self.quadratic_form, self.dot = kernel(quadratic_form), kernel(dot)
         self.levels = []
         while True:
             n = len(self.levels)
@@ -418,9 +463,6 @@ class Multigrid:
         shapes = [lv[2].shape for lv in self.levels]
         self.z = [None, *(_buffer(work, ("z", i), s) for i, s in enumerate(shapes) if i)]
         self.rhs = [None, *(_buffer(work, ("rhs", i), s) for i, s in enumerate(shapes) if i)]
-        if step is None:
-            self.e = [_buffer(work, ("e", i), s) for i, s in enumerate(shapes[:-1])]
-            self.Ae = [_buffer(work, ("Ae", i), s) for i, s in enumerate(shapes[:-1])]
 
     def __call__(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """M b, into ``out`` when given (an array of the finest level's (H+2, W+2) shape)."""
@@ -438,13 +480,11 @@ class Multigrid:
         (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
-        if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e)
-            e = self.e[level]
-            e.fill(0.0)
-            self.prolong_add(zc, valid, e, 1.0)
-            eae = self.matvec_dot(cx, cy, diag, e, self.Ae[level])
+        if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e), where
+            # e.r = zc.bc and, the coarse operator being the Galerkin product, e.A e = zc.(P^T A P) zc
+            eae = self.quadratic_form(*self.levels[level + 1][:3], zc)
             step = self.dot(zc, bc) / eae if eae > 0 else 1.0
-        (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, valid, step)
+        (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, step)
         return z
 
 
