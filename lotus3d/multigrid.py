@@ -139,16 +139,23 @@ def _matvec_dot(cx, cy, diag, p, out):
 
 
 @njit(cache=True, parallel=True)
-def quadratic_form(cx, cy, diag, z):
-    """z . A z over the interior (padded (H+2, W+2) arrays)."""
+def _optimal_step(cx, cy, diag, zc, bc):
+    """The coarse correction's A-norm-optimal scale (e.r) / (e.A e) for e = P zc, from the coarse
+    level alone: e.r = zc.bc (bc: the restricted residual) and, the coarse operator being the Galerkin
+    product, e.A e = zc.(P^T A P) zc. 1 when e.A e is not positive."""
     h, w = diag.shape
-    rows = np.zeros(h)
+    num, den = np.zeros(h), np.zeros(h)
     for y in prange(1, h - 1):
-        s = 0.0
+        s = q = 0.0
         for x in range(1, w - 1):
-            s += z[y, x] * (diag[y, x] * z[y, x] - _neighbours(cx, cy, z, y, x))
-        rows[y] = s
-    return ordered_sum(rows)
+            s += zc[y, x] * bc[y, x]
+            q += zc[y, x] * (diag[y, x] * zc[y, x] - _neighbours(cx, cy, zc, y, x))
+        num[y], den[y] = s, q
+    eae = ordered_sum(den)
+    return ordered_sum(num) / eae if eae > 0 else 1.0
+
+
+_optimal_step_serial = njit(cache=True)(_optimal_step.py_func)  # for levels below PARALLEL_PIXELS
 
 
 @njit(cache=True, parallel=True)
@@ -421,6 +428,23 @@ def _buffer(work: dict, key, shape: tuple[int, ...], dtype=np.float64) -> np.nda
     return a
 
 
+def _hierarchy_arrays(work: dict, shape: tuple[int, int], coarse_size: int):
+    """(levels, z, rhs) for a hierarchy on a padded grid of ``shape``, kept in ``work`` for the next
+    hierarchy on that grid: per level (cx, cy, diag, valid, inv_diag) (level 0: only inv_diag, the
+    others are the caller's), and the cycles' work arrays z and rhs (None on level 0, where the
+    caller's arrays serve)."""
+    key = ("hierarchy", shape, coarse_size)
+    if key not in work:
+        shapes = [shape]
+        while (shapes[-1][0] - 2) * (shapes[-1][1] - 2) > coarse_size:  # halves every dimension above 1
+            shapes.append(coarse_shape(shapes[-1]))
+        levels = [(None, None, None, None, np.zeros(shape))]
+        levels += [(*(np.zeros(s) for _ in range(3)), np.zeros(s, bool), np.zeros(s)) for s in shapes[1:]]
+        z, rhs = ([None, *(np.zeros(s) for s in shapes[1:])] for _ in range(2))
+        work[key] = levels, z, rhs
+    return work[key]
+
+
 class Multigrid:
     """V-cycle preconditioner for the padded system (cx, cy, diag, valid); built in O(H W).
 
@@ -443,26 +467,19 @@ class Multigrid:
         work = {} if work is None else work
         # the kernels for this process, chosen once here rather than on every cycle (see kernel)
         self.threads = not forked_child()
-        self.quadratic_form, self.dot = kernel(quadratic_form), kernel(dot)
-        self.levels = []
-        while True:
-            n = len(self.levels)
-            self.levels.append((cx, cy, diag, valid, np.divide(1.0, diag, out=_buffer(work, ("inv", n), diag.shape))))
-            if (diag.shape[0] - 2) * (diag.shape[1] - 2) <= coarse_size:  # halves every dimension above 1
-                break
-            shape = coarse_shape(diag.shape)
-            coarse = [_buffer(work, (name, n + 1), shape) for name in ("cx", "cy", "diag")]
-            vc = _buffer(work, ("valid", n + 1), shape, np.bool_)
-            kernel(coarsen)(cx, cy, diag, valid, *coarse, vc)
-            cx, cy, diag, valid = *coarse, vc
+        self.optimal_step = kernel(_optimal_step)
+        self.serial_optimal_step = _optimal_step_serial if self.threads else self.optimal_step
+        levels, z, self.rhs = _hierarchy_arrays(work, diag.shape, coarse_size)
+        self.z = list(z)  # z[0] becomes each call's output
+        coarsen_ = kernel(coarsen)
+        self.levels = [(cx, cy, diag, valid, np.divide(1.0, diag, out=levels[0][4]))]
+        for cxc, cyc, dc, vc, inv in levels[1:]:
+            coarsen_(cx, cy, diag, valid, cxc, cyc, dc, vc)
+            cx, cy, diag, valid = cxc, cyc, dc, vc
+            self.levels.append((cx, cy, diag, valid, np.divide(1.0, diag, out=inv)))
         # a Cholesky factor in numba rather than a pseudo-inverse through LAPACK: 4x faster here, and
         # no BLAS thread left spinning on a core the kernels need
         self.coarse_factor = _cholesky(_dense(cx, cy, diag))
-        # work arrays for the cycles (level 0 uses the caller's b and out; the coarsest level needs
-        # no prolongation scratch), from ``work`` when a previous hierarchy on the grid left them
-        shapes = [lv[2].shape for lv in self.levels]
-        self.z = [None, *(_buffer(work, ("z", i), s) for i, s in enumerate(shapes) if i)]
-        self.rhs = [None, *(_buffer(work, ("rhs", i), s) for i, s in enumerate(shapes) if i)]
 
     def __call__(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """M b, into ``out`` when given (an array of the finest level's (H+2, W+2) shape)."""
@@ -480,10 +497,9 @@ class Multigrid:
         (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
         zc = self._cycle(level + 1, bc)
         step = self.step
-        if step is None:  # minimise the A-norm of the error along e = P zc: (e.r) / (e.A e), where
-            # e.r = zc.bc and, the coarse operator being the Galerkin product, e.A e = zc.(P^T A P) zc
-            eae = self.quadratic_form(*self.levels[level + 1][:3], zc)
-            step = self.dot(zc, bc) / eae if eae > 0 else 1.0
+        if step is None:
+            cxc, cyc, dc = self.levels[level + 1][:3]
+            step = (self.optimal_step if parallel else self.serial_optimal_step)(cxc, cyc, dc, zc, bc)
         (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, step)
         return z
 
