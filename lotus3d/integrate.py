@@ -269,7 +269,7 @@ def integrate_normals(
     max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
     slow = 0  # steps that needed STEP_CG_ITERATIONS or more
     work: dict = {}  # the solver's work arrays, allocated once for all steps
-    with multigrid.threads_for(valid.shape[0]):
+    with multigrid.threads_for(valid.size):
         reweight, assemble = multigrid.kernel(_reweight), multigrid.kernel(_assemble)
         assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned

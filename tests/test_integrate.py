@@ -343,8 +343,8 @@ def test_integration_does_not_depend_on_the_number_of_threads():
     if threads < 2:
         pytest.skip("one core: nothing to compare")
     _, normal, K, mask = cow_view(256, 200)  # cropped grid above PARALLEL_PIXELS: parallel sweeps too
-    rows = np.ptp(np.nonzero(mask)[0]) + 3  # and enough rows for two threads (threads_for)
-    assert rows >= 2 * multigrid.ROWS_PER_THREAD
+    ys, xs = np.nonzero(mask)  # and enough pixels for two threads (threads_for)
+    assert (np.ptp(ys) + 3) * (np.ptp(xs) + 3) >= 2 * multigrid.PIXELS_PER_THREAD
     depths = []
     for n in (1, threads):
         numba.set_num_threads(n)

@@ -212,9 +212,9 @@ def test_work_arrays_kept_across_solves_give_the_same_results():
 
 def test_small_grids_use_fewer_threads_and_the_count_is_restored():
     before = numba.get_num_threads()
-    for rows in (10, 100, 10_000):
-        with multigrid.threads_for(rows):
-            assert numba.get_num_threads() == max(1, min(before, rows // multigrid.ROWS_PER_THREAD))
+    for pixels in (100, 10_000, 20_000, 10**7):
+        with multigrid.threads_for(pixels):
+            assert numba.get_num_threads() == max(1, min(before, pixels // multigrid.PIXELS_PER_THREAD))
         assert numba.get_num_threads() == before
     with pytest.raises(RuntimeError), multigrid.threads_for(10):
         raise RuntimeError("a failing solve")
