@@ -52,8 +52,9 @@ class IntegrationResult:
 def log_depth_gradients(normal: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a_u, a_v, n.r): row scales fx (n.r), fy (n.r) and n.r per pixel, for (H, W, 3) normals."""
     h, w = normal.shape[:2]
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    nr = normal[..., 0] * (u - K[0, 2]) / K[0, 0] + normal[..., 1] * (v - K[1, 2]) / K[1, 1] + normal[..., 2]
+    du = np.arange(w, dtype=np.float64) - K[0, 2]  # per column / row: the ray is (du / fx, dv / fy, 1)
+    dv = (np.arange(h, dtype=np.float64) - K[1, 2])[:, None]
+    nr = normal[..., 0] * du / K[0, 0] + normal[..., 1] * dv / K[1, 1] + normal[..., 2]
     return K[0, 0] * nr, K[1, 1] * nr, nr
 
 
@@ -174,7 +175,8 @@ def check_inputs(normal: np.ndarray, K: np.ndarray, mask: np.ndarray | None, pri
         raise InputError(f"mask is {m.shape[::-1]} but the normals are {w}x{h}")
     if prior is not None and prior.shape != (h, w):
         raise InputError(f"depth prior is {prior.shape[::-1]} but the normals are {w}x{h}")
-    m &= np.isfinite(normal).all(-1)
+    for c in range(3):  # (isfinite(normal).all(-1) reduces over a 3-long axis: 10x slower)
+        m &= np.isfinite(normal[..., c])
     if not m.any():
         raise InputError("nothing to integrate: the mask is empty or every normal is NaN")
     return m
@@ -232,12 +234,13 @@ def integrate_normals(
     if solver not in ("multigrid", "jacobi"):
         raise InputError(f"unknown solver {solver!r}: use 'multigrid' or 'jacobi'")
     m = check_inputs(normal, K, mask, prior_depth)
-    ys, xs = np.nonzero(m)  # work on the mask's bounding box, padded by one invalid pixel
-    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))  # work on the mask's bounding
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # box, padded by one invalid pixel
     Kc = K.astype(np.float64).copy()
-    Kc[:2, 2] -= (xs.min(), ys.min())
+    Kc[:2, 2] -= (cols[0], rows[0])
     valid = m[crop]
-    nrm = np.where(valid[..., None], normal[crop], 0.0).astype(np.float64)
+    nrm = normal[crop].astype(np.float64)
+    nrm[~valid] = 0.0
     au, av, _ = log_depth_gradients(nrm, Kc)
     scale2 = float(np.median(au[valid] ** 2))
     if prior_depth is not None:
@@ -249,7 +252,7 @@ def integrate_normals(
     else:
         zp = np.zeros(valid.shape)
         lam = np.where(valid, 1e-9 * scale2, 0.0)  # pins the free constant
-    au, av, bu, bv, lam, zp, valid = (np.pad(a, 1) for a in (au, av, -nrm[..., 0], -nrm[..., 1], lam, zp, valid))
+    au, av, bu, bv, lam, zp, valid = (_pad(a) for a in (au, av, -nrm[..., 0], -nrm[..., 1], lam, zp, valid))
     link_x = valid & np.roll(valid, -1, 1)  # the pads are invalid, so nothing wraps around
     link_y = valid & np.roll(valid, -1, 0)
     if prior_depth is not None and prior_breaks > 0:
@@ -294,12 +297,19 @@ def integrate_normals(
     depth = np.full(m.shape, np.nan)
     depth[crop] = np.where(valid[1:-1, 1:-1], np.exp(z[1:-1, 1:-1]), np.nan)
     if prior_depth is None:
-        depth /= np.nanmedian(depth)
+        depth /= np.median(depth[crop][valid[1:-1, 1:-1]])
     weights = np.zeros(m.shape + (4,), np.float32)
     weights[crop] = w[1:-1, 1:-1]
     return IntegrationResult(
         depth.astype(np.float32), weights, iterations, time.perf_counter() - start, energy, cg_total
     )
+
+
+def _pad(a: np.ndarray) -> np.ndarray:
+    """(H, W) -> (H + 2, W + 2), zero (False) around (np.pad is ~10x slower on these sizes)."""
+    out = np.zeros((a.shape[0] + 2, a.shape[1] + 2), a.dtype)
+    out[1:-1, 1:-1] = a
+    return out
 
 
 def _prior_breaks(zp, has_prior, au, av, bu, bv, threshold):
