@@ -422,7 +422,7 @@ def _bench(args: argparse.Namespace) -> int:
             from lotus3d.errors import InputError
 
             raise InputError(f"--repeats must be at least 1, not {args.repeats}")
-        run_single_bench(repeats=args.repeats)
+        run_single_bench(repeats=args.repeats, out=args.out)
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
         from lotus3d.configs import ReconstructConfig

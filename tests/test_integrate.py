@@ -381,3 +381,22 @@ def test_a_forked_child_integrates_on_one_thread_to_the_same_depth():
     assert os.waitstatus_to_exitcode(status) == 0
     child = np.frombuffer(data, parent.dtype).reshape(parent.shape)
     assert np.array_equal(child, parent, equal_nan=True)
+
+
+def test_single_benchmark_compares_both_solvers_and_writes_its_rows(tmp_path, monkeypatch):
+    """`lotus3d bench single` stays runnable: on a tiny panel both solvers reach small errors, the
+    summary adds up the views, and the rows land in summary.json."""
+    import json
+
+    from lotus3d.bench import single as bench
+
+    monkeypatch.setattr(bench, "IDLE_SECONDS", 0.0)
+
+    rows = bench.run(sizes=((64, 48),), diligent=False, realistic=False, repeats=1, out=tmp_path)
+    views, (total,) = rows[:-1], rows[-1:]
+    assert len(views) >= 4 and total["views"] == len(views)
+    for r in views:
+        assert 0 < r["ours_made"] < 5 and 0 < r["reference_made"] < 5  # percent of the mean depth
+        assert r["speedup"] == pytest.approx(r["reference_s"] / r["ours_s"])
+    assert total["ours_s"] == pytest.approx(sum(r["ours_s"] for r in views))
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(rows, default=float))

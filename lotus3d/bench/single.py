@@ -32,6 +32,7 @@ run of each.
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 from pathlib import Path
@@ -206,6 +207,10 @@ def _reference_one_blas_thread(normal, K, mask) -> np.ndarray:
         return reference_bini(normal, K, mask)
 
 
+# idle time before each timed run (see _compare)
+IDLE_SECONDS = 0.5
+
+
 def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3) -> dict:
     contenders = {
         "ours": lambda: integrate_normals(normal, K, mask).depth,
@@ -219,7 +224,7 @@ def _compare(name: str, normal, K, mask, gt, metric, unit: str, repeats: int = 3
             # start each on an idle machine: after the reference's two-thread BLAS calls, OpenBLAS's
             # worker spins on the second core for a while (the 256^2 cow right after it: 0.069 s
             # instead of 0.036 s)
-            time.sleep(0.5)
+            time.sleep(IDLE_SECONDS)
             t0 = time.perf_counter()
             out[key] = fn()
             times[key].append(time.perf_counter() - t0)
@@ -281,8 +286,14 @@ def summary(label: str, rows: list[dict]) -> dict:
 
 
 def run(
-    sizes=((256, 256), (512, 512), (768, 576)), diligent: bool = True, realistic: bool = True, repeats: int = 3
+    sizes=((256, 256), (512, 512), (768, 576)),
+    diligent: bool = True,
+    realistic: bool = True,
+    repeats: int = 3,
+    out: Path | None = None,
 ) -> list[dict]:
+    """Run the benchmark (see the module docstring), print each row as it is measured, write the rows
+    to ``out``/summary.json (default bench_out/single) and return them."""
     print(f"numba kernels compiled / loaded in {warm_up():.1f} s (once per process, not timed below)")
     rows = []
     panel = [(name, _panel_mesh(mesh), direction) for name, mesh, direction in PANEL]
@@ -308,6 +319,10 @@ def run(
     if realistic:
         print("with a depth prior, realistic simulated predictions (ours only):")
         rows += realistic_rows()
+    out = Path(out or "bench_out/single")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
+    print(f"rows written to {out / 'summary.json'}")
     return rows
 
 
