@@ -156,7 +156,7 @@ def _optimal_step(cx, cy, diag, zc, bc):
     return ordered_sum(num) / eae if eae > 0 else 1.0
 
 
-_optimal_step_serial = njit(cache=True)(_optimal_step.py_func)  # for levels below PARALLEL_PIXELS
+_optimal_step_serial = njit(cache=True)(_optimal_step.py_func)  # small levels, forked children
 
 
 @njit(cache=True, parallel=True)
@@ -468,8 +468,6 @@ class Multigrid:
         work = {} if work is None else work
         # the kernels for this process, chosen once here rather than on every cycle (see kernel)
         self.threads = not forked_child()
-        self.optimal_step = kernel(_optimal_step)
-        self.serial_optimal_step = _optimal_step_serial if self.threads else self.optimal_step
         levels, z, self.rhs = _hierarchy_arrays(work, diag.shape, coarse_size)
         self.z = list(z)  # z[0] becomes each call's output
         coarsen_ = kernel(coarsen)
@@ -492,7 +490,7 @@ class Multigrid:
         if level == len(self.levels) - 1:
             _dense_solve(*self.coarse_factor, b, z)
             return z
-        cx, cy, diag, valid, inv = self.levels[level]
+        cx, cy, diag, _, inv = self.levels[level]
         bc = self.rhs[level + 1]
         parallel = self.threads and diag.size >= PARALLEL_PIXELS
         (_presmooth_restrict_parallel if parallel else _presmooth_restrict)(cx, cy, diag, inv, b, z, bc)
@@ -500,7 +498,7 @@ class Multigrid:
         step = self.step
         if step is None:
             cxc, cyc, dc = self.levels[level + 1][:3]
-            step = (self.optimal_step if parallel else self.serial_optimal_step)(cxc, cyc, dc, zc, bc)
+            step = (_optimal_step if parallel else _optimal_step_serial)(cxc, cyc, dc, zc, bc)
         (_prolong_postsmooth_parallel if parallel else _prolong_postsmooth)(cx, cy, inv, b, z, zc, step)
         return z
 

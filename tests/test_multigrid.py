@@ -52,6 +52,9 @@ def test_coarse_operator_is_the_galerkin_product():
     used = P.any(0)
     np.testing.assert_allclose(Ac[np.ix_(used, used)], G[np.ix_(used, used)], rtol=1e-12, atol=1e-12)
     assert np.array_equal(vc[1:-1, 1:-1].ravel(), used)
+    border = np.ones(shape, bool)
+    border[1:-1, 1:-1] = False
+    assert (cxc[border] == 0).all() and (cyc[border] == 0).all() and (dc[border] == 1).all() and not vc[border].any()
 
 
 def test_solve_matches_a_direct_solver_with_jumping_coefficients():
