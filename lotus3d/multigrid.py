@@ -294,12 +294,12 @@ def coarsen(cx, cy, diag, valid, cxc, cyc, dc, vc):
     Fine interior pixel (y, x) (1-based) joins coarse pixel ((y + 1) // 2, (x + 1) // 2); empty blocks
     are decoupled."""
     hc, wc = cxc.shape
-    for i in range(hc * wc):  # the padding (a plain loop: slice assignments would be parallel loops)
-        yc, xc = divmod(i, wc)
-        if yc == 0 or yc == hc - 1 or xc == 0 or xc == wc - 1:
-            cxc[yc, xc] = cyc[yc, xc] = 0.0
-            dc[yc, xc] = 1.0
-            vc[yc, xc] = False
+    for i in range(max(hc, wc)):  # the padding, in a plain loop (slice assignments here would each
+        for yc, xc in ((0, i), (hc - 1, i), (i, 0), (i, wc - 1)):  # become a parallel loop of their own)
+            if yc < hc and xc < wc:
+                cxc[yc, xc] = cyc[yc, xc] = 0.0
+                dc[yc, xc] = 1.0
+                vc[yc, xc] = False
     for yc in prange(1, hc - 1):  # block (yc, xc) holds fine rows y0, y0 + 1 and columns x0, x0 + 1
         y0 = 2 * yc - 1  # a block at the last row or column may hang into the padding (not valid)
         for xc in range(1, wc - 1):

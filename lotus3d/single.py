@@ -166,9 +166,8 @@ def depth_to_mesh(
     remap = -np.ones(h * w, np.int64)
     remap[used] = np.arange(len(used))
     verts, faces = pts[used], remap[faces]
-    if 0 < max_triangles < len(faces):
-        small = simplify(Mesh(verts, faces), max_triangles)
-        verts, faces = small.vertices, small.faces
+    small = simplify(Mesh(verts, faces), max_triangles)  # unchanged for 0 or a mesh already small enough
+    verts, faces = small.vertices, small.faces
     mesh = trimesh.Trimesh(verts, faces, process=False)
     if image is not None:
         _texture_from_view(mesh, K, image)
