@@ -34,6 +34,20 @@ class ReconstructConfig:
     local_alignment: bool = setting(
         True, "after the scale/shift, fit a smooth edge-aware depth correction per view to its points"
     )
+    local_method: Literal["grid", "dense"] = setting(
+        "grid",
+        "local correction on a bilateral grid (cost linear in points and pixels), or the earlier dense "
+        "point-by-point kernels (quadratic; for comparison)",
+    )
+    holdout_every: int = setting(
+        10, "hold every N-th sparse point out of all fits, to measure each stage on unseen points (0: none)"
+    )
+    refine_rounds: int = setting(
+        1,
+        "dense multi-view refinement: refit each view to the fused surface and fuse again, at most this many "
+        "rounds, each kept only if the held-out points improve (0: off)",
+    )
+    refine_stride: int = setting(8, "refinement targets: every N-th pixel of the fused surface in each view")
     # multi-view consistency
     consistency: bool = setting(
         True, "keep a pixel only where its depth agrees with a neighbouring view (or none can check it)"

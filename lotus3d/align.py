@@ -32,6 +32,7 @@ __all__ = [
     "apply_local_correction",
     "sample_prediction",
     "residuals",
+    "heldout_loss",
 ]
 
 
@@ -198,17 +199,34 @@ def apply_alignment(pred: np.ndarray, al: Alignment, far_margin: float | None = 
 
 
 # ------------------------------------------------------------------------------- local correction
+HELDOUT_CAP = 0.05  # log-depth residuals beyond this (5 %) count as gross errors in held-out losses
+
+
 @dataclass
 class LocalOptions:
-    spatial: tuple[float, ...] = (0.03, 0.06, 0.12, 0.25)  # candidate smoothness, fraction of image diagonal
-    range_: tuple[float, ...] = (0.03, 0.08, 0.25)  # candidate log-depth kernel widths (edges)
+    spatial: tuple[float, ...] = (0.015, 0.03, 0.06, 0.12, 0.25)  # candidate smoothness, fraction of image diagonal
+    range_: tuple[float, ...] = (0.015, 0.03, 0.08, 0.25)  # candidate log-depth kernel widths (edges)
+    min_targets_per_kernel: float = 4.0  # grid: try a spatial width only if this many targets fall in pi sigma^2
     prior: float = 0.5  # pull towards no correction where points are few (in units of point weight)
     gross_outlier: float = 0.3  # |log residual| beyond which a point never counts
-    max_points: int = 2000  # points used to choose the smoothness (held-out, leave-one-out)
     irls_iterations: int = 3
-    grid_stride: int = 16  # bilateral grid spacing in pixels
-    bins: int = 24  # bilateral grid bins over the view's log-depth range
+    method: str = "grid"  # "grid": bilateral grid, linear cost; "dense": N x N kernels (the earlier method)
+    cells_per_sigma: float = 2.0  # grid: cells per kernel width on each axis
+    max_range_cells: int = 96  # grid: at most this many log-depth cells (wider cells beyond)
+    max_points: int = 2000  # dense only: points used to choose the smoothness
+    grid_stride: int = 16  # dense only: spacing of the grid the field is evaluated on, pixels
+    bins: int = 24  # dense only: log-depth bins of that grid
     seed: int = 0
+
+    @classmethod
+    def dense(cls) -> LocalOptions:
+        """The earlier dense method with its own candidate widths (for comparison)."""
+        return cls(method="dense", spatial=(0.03, 0.06, 0.12, 0.25), range_=(0.03, 0.08, 0.25))
+
+    @classmethod
+    def refinement(cls) -> LocalOptions:
+        """Finer candidates only, for a correction on top of one already fitted (dense targets)."""
+        return cls(spatial=(0.015, 0.03, 0.06), range_=(0.015, 0.03, 0.08))
 
 
 @dataclass
@@ -216,8 +234,8 @@ class LocalCorrection:
     """A smooth, edge-aware correction of an aligned depth map: depth * exp(field).
 
     ``spatial_px`` / ``range_log`` are the kernel widths chosen on held-out points;
-    ``heldout_before`` / ``heldout_after`` the median |log depth residual| of held-out points
-    without and with the correction (leave-one-out).
+    ``heldout_before`` / ``heldout_after`` the :func:`heldout_loss` of the points' log depth
+    residuals without and with the correction (leave-one-out).
     """
 
     field: np.ndarray  # (H, W) log-depth correction
@@ -228,6 +246,190 @@ class LocalCorrection:
     num_points: int
 
 
+def _cauchy(res: np.ndarray) -> np.ndarray:
+    """Cauchy IRLS weights of residuals, their scale from the median absolute residual."""
+    scale = max(1.4826 * float(np.median(np.abs(res))), 1e-3)
+    return 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
+
+
+def heldout_loss(res: np.ndarray, w: np.ndarray | None = None, cap: float = HELDOUT_CAP) -> float:
+    """Mean of min(|res|, cap) over residuals (N,) of log depth, weighted by ``w`` when given.
+
+    How the local correction's smoothness is chosen and how every stage is measured on held-out
+    points: unlike a median, it sees an object whose points are a minority of the view (the median
+    follows the floor), and unlike a mean, a wrong SfM match counts at most ``cap``.
+    """
+    a = np.minimum(np.abs(res), cap)
+    return float(np.average(a, weights=w)) if len(a) else float("nan")
+
+
+def _correction_targets(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, gross: float, weights: np.ndarray | None):
+    """(uv, rho, L, w) of the usable points: log residual log z - log depth, the depth's log, the weight."""
+    sampled = sample_prediction(depth, uv)
+    w = np.ones(len(z)) if weights is None else np.asarray(weights, np.float64)
+    ok = np.isfinite(sampled) & (sampled > 0) & np.isfinite(z) & (z > 0) & (w > 0)
+    uv, d, z, w = uv[ok], sampled[ok], z[ok], w[ok]
+    rho = np.log(z) - np.log(d)
+    keep = np.abs(rho) < gross
+    return uv[keep], rho[keep], np.log(d)[keep], w[keep]
+
+
+def fit_local_correction(
+    depth: np.ndarray,
+    uv: np.ndarray,
+    z: np.ndarray,
+    options: LocalOptions | None = None,
+    weights: np.ndarray | None = None,
+) -> LocalCorrection | None:
+    """Fit a spatially varying correction of an aligned ``depth`` (H, W) to target depths ``z`` (N,)
+    at pixels ``uv`` (N, 2): the view's SfM points, or any denser target.
+
+    The correction of log-depth is a bilateral (image space x log-depth) weighted average of the
+    targets' log residuals, so it is smooth across a surface yet free to change across depth edges,
+    where objects may be off by different amounts. Its smoothness is chosen by leave-one-out error on
+    the targets, gross outliers are ignored, the rest down-weighted by IRLS (Cauchy); ``weights`` (N,)
+    scale each target's say (default 1). Returns None when no candidate beats leaving the depth as it
+    is on held-out targets.
+
+    ``options.method == "grid"`` (default) evaluates the average on a bilateral grid (splat, blur,
+    slice; Chen, Paris & Durand 2007) with an exact leave-one-out term: time and memory grow linearly
+    with the targets and pixels. ``"dense"`` is the earlier N x N kernel version, kept for comparison.
+    """
+    o = options or LocalOptions()
+    if o.method == "dense":
+        return _fit_local_dense(depth, uv, z, o)
+    if o.method != "grid":
+        raise ValueError(f"unknown local correction method {o.method!r}: grid or dense")
+    h, w = depth.shape
+    uv, rho, L, prior_w = _correction_targets(depth, uv, z, o.gross_outlier, weights)
+    n = len(rho)
+    if n < 10:
+        return None
+    logd = np.log(np.where(depth > 0, depth, np.nan))
+    lo, hi = np.nanpercentile(logd, [0.5, 99.5])
+    if not (np.isfinite(lo) and hi > lo):
+        return None
+    diag = float(np.hypot(h, w))
+    crit_w = None if weights is None else prior_w  # held-out error: each target counts by its weight
+    before = heldout_loss(rho, crit_w)
+    best: tuple[float, _BilateralGrid | None, np.ndarray | None] = (before, None, None)
+    widest = max(o.spatial)  # narrow kernels only where the targets are dense enough to fill them
+    spatial = [
+        fs for fs in o.spatial if fs == widest or n * np.pi * (fs * diag) ** 2 >= o.min_targets_per_kernel * h * w
+    ]
+    for fs in spatial:
+        for sr in o.range_:
+            grid = _BilateralGrid((h, w), (lo, hi), fs * diag, sr, o.cells_per_sigma, o.max_range_cells)
+            at = grid.locate(uv, L)
+            r = prior_w.copy()
+            for _ in range(o.irls_iterations):
+                res = rho - grid.loo_average(at, rho, r, o.prior)
+                r = prior_w * _cauchy(res)
+            err = heldout_loss(res, crit_w)
+            if err < best[0]:
+                best = (err, grid, r)
+    err, grid, r = best
+    if grid is None:
+        return None
+    field = grid.field(logd, uv, L, rho, r, o.prior)
+    return LocalCorrection(field.astype(np.float32), grid.sigma_px, grid.sigma_log, before, err, n)
+
+
+class _BilateralGrid:
+    """A regular (y, x, log-depth) grid over one view, cells ``cells_per_sigma`` to a kernel width.
+
+    A Gaussian-weighted sum over targets, sum_j k(i, j) v_j, is evaluated in linear time: splat
+    each v_j onto its 8 surrounding cells (trilinear weights), blur the grid with a separable
+    Gaussian whose centre weight is 1, slice at the query by trilinear interpolation. The blur's
+    width is reduced so that, with the two tents of splat and slice, the effective kernel has the
+    requested width.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        log_range: tuple[float, float],
+        sigma_px: float,
+        sigma_log: float,
+        cells_per_sigma: float,
+        max_range_cells: int,
+    ):
+        h, w = shape
+        self.sigma_px, self.sigma_log = float(sigma_px), float(sigma_log)
+        self.lo = float(log_range[0])
+        self.step = np.array(
+            [
+                max(sigma_px / cells_per_sigma, 1.0),
+                max(sigma_px / cells_per_sigma, 1.0),
+                max(sigma_log / cells_per_sigma, (log_range[1] - log_range[0]) / max_range_cells, 1e-6),
+            ]
+        )
+        extent = np.array([h - 1, w - 1, log_range[1] - log_range[0]])
+        self.dims = tuple(int(d) for d in np.floor(extent / self.step) + 2)
+        cells = np.array([sigma_px, sigma_px, sigma_log]) / self.step  # kernel width in cells per axis
+        self.blur = np.sqrt(np.maximum(cells**2 - 1.0 / 3.0, 0.25))  # minus the tents' variance (2 x 1/6)
+
+    def coords(self, yx: np.ndarray, L: np.ndarray) -> np.ndarray:
+        """(N, 3) continuous cell coordinates of pixel positions (N, 2) (y, x) and log depths (N,)."""
+        c = np.column_stack([yx[:, 0], yx[:, 1], L - self.lo]) / self.step
+        return np.clip(c, 0, np.array(self.dims) - 1.000001)
+
+    def locate(self, uv: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The 8 corner cells (N, 8) flat indices and trilinear weights (N, 8) of targets at ``uv`` (N, 2)
+        (x, y), and each target's self-influence (N,): its own weight at its own position."""
+        c = self.coords(uv[:, ::-1], L)
+        i0 = np.floor(c).astype(np.int64)
+        f = c - i0
+        b = np.stack([1 - f, f], -1)  # (N, 3, 2): weight of the lower and upper cell on each axis
+        strides = (self.dims[1] * self.dims[2], self.dims[2], 1)
+        base = i0 @ np.array(strides)
+        idx = base[:, None, None, None] + np.add.outer(np.add.outer([0, strides[0]], [0, strides[1]]), [0, 1])
+        wts = b[:, 0, :, None, None] * b[:, 1, None, :, None] * b[:, 2, None, None, :]
+        g1 = np.exp(-0.5 / self.blur**2)  # blurred weight one cell away (centre weight 1)
+        self_w = np.prod((f**2 + (1 - f) ** 2) + 2 * f * (1 - f) * g1, axis=1)
+        return idx.reshape(-1, 8), wts.reshape(-1, 8), self_w
+
+    def _blurred(self, idx: np.ndarray, wts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Splat ``values`` (N, C) and blur: the grid (*dims, C), float32."""
+        from scipy import ndimage
+
+        size = int(np.prod(self.dims))
+        grid = np.stack(
+            [np.bincount(idx.ravel(), (wts * v[:, None]).ravel(), minlength=size) for v in values.T], -1
+        ).astype(np.float32)
+        grid = grid.reshape(*self.dims, values.shape[1])
+        for axis, s in enumerate(self.blur):
+            radius = int(4 * s + 0.5)
+            norm = float(np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2).sum())
+            ndimage.gaussian_filter1d(grid, s, axis=axis, mode="constant", truncate=4.0, output=grid)
+            grid *= norm
+        return grid
+
+    def loo_average(self, at, rho: np.ndarray, r: np.ndarray, prior: float) -> np.ndarray:
+        """Leave-one-out bilateral average of ``rho`` with weights ``r`` at every target (N,)."""
+        idx, wts, self_w = at
+        grid = self._blurred(idx, wts, np.column_stack([r * rho, r])).reshape(-1, 2)
+        num = np.einsum("nk,nk->n", grid[idx, 0], wts) - self_w * r * rho
+        den = np.einsum("nk,nk->n", grid[idx, 1], wts) - self_w * r
+        return num / (prior + den)
+
+    def field(self, logd: np.ndarray, uv: np.ndarray, L: np.ndarray, rho, r, prior: float) -> np.ndarray:
+        """(H, W) bilateral average of ``rho`` at every pixel with a finite ``logd`` (0 elsewhere)."""
+        from scipy import ndimage
+
+        idx, wts, _ = self.locate(uv, L)
+        grid = self._blurred(idx, wts, np.column_stack([r * rho, r]))
+        num, den = grid[..., 0], grid[..., 1]
+        h, w = logd.shape
+        ys, xs = np.nonzero(np.isfinite(logd))
+        c = self.coords(np.column_stack([ys, xs]).astype(np.float64), logd[ys, xs]).T
+        out = np.zeros((h, w))
+        n_at = ndimage.map_coordinates(num, c, order=1, mode="nearest")
+        d_at = ndimage.map_coordinates(den, c, order=1, mode="nearest")
+        out[ys, xs] = n_at / (prior + d_at)
+        return out
+
+
 def _loo_predict(W: np.ndarray, rho: np.ndarray, r: np.ndarray, prior: float) -> np.ndarray:
     """Leave-one-out bilateral estimate of rho at every point (W symmetric, diag = 1)."""
     num = W @ (r * rho) - r * rho
@@ -235,28 +437,10 @@ def _loo_predict(W: np.ndarray, rho: np.ndarray, r: np.ndarray, prior: float) ->
     return num / den
 
 
-def fit_local_correction(
-    depth: np.ndarray, uv: np.ndarray, z: np.ndarray, options: LocalOptions | None = None
-) -> LocalCorrection | None:
-    """Fit a spatially varying correction of an aligned ``depth`` (H, W) to the view's points.
-
-    The correction of log-depth is a bilateral (space x log-depth) weighted average of the points'
-    log residuals, so it is smooth across a surface yet free to change across depth edges, where
-    objects may be off by different amounts. Its smoothness is chosen by leave-one-out error on the
-    points, gross outliers are ignored, the rest down-weighted by IRLS (Cauchy). Returns None when
-    no candidate beats leaving the depth as it is on held-out points.
-    """
-    o = options or LocalOptions()
+def _fit_local_dense(depth: np.ndarray, uv: np.ndarray, z: np.ndarray, o: LocalOptions) -> LocalCorrection | None:
+    """The earlier version: N x N kernel matrices over a subsample (quadratic cost; for comparison)."""
     h, w = depth.shape
-    sampled = sample_prediction(depth, uv)
-    ok = np.isfinite(sampled) & (sampled > 0) & np.isfinite(z) & (z > 0)
-    if ok.sum() < 10:
-        return None
-    uv, z, d = uv[ok], z[ok], sampled[ok]
-    rho = np.log(z) - np.log(d)
-    L = np.log(d)
-    keep = np.abs(rho) < o.gross_outlier
-    uv, rho, L = uv[keep], rho[keep], L[keep]
+    uv, rho, L, _ = _correction_targets(depth, uv, z, o.gross_outlier, None)
     n = len(rho)
     if n < 10:
         return None
@@ -266,7 +450,7 @@ def fit_local_correction(
     d2 = ((uv[sub, None, :] - uv[None, sub, :]) ** 2).sum(-1)
     l2 = (L[sub, None] - L[None, sub]) ** 2
     rs, ls = rho[sub], np.ones(len(sub))
-    before = float(np.median(np.abs(rs)))
+    before = heldout_loss(rs)
     best = (before, None, None)
     for fs in o.spatial:
         Ws = np.exp(-d2 / (2 * (fs * diag) ** 2))
@@ -275,9 +459,8 @@ def fit_local_correction(
             r = ls.copy()
             for _ in range(o.irls_iterations):
                 res = rs - _loo_predict(W, rs, r, o.prior)
-                scale = max(1.4826 * np.median(np.abs(res)), 1e-3)
-                r = 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
-            err = float(np.median(np.abs(res)))
+                r = _cauchy(res)
+            err = heldout_loss(res)
             if err < best[0]:
                 best = (err, fs * diag, sr)
     if best[1] is None:
@@ -292,13 +475,12 @@ def fit_local_correction(
         )
         for _ in range(o.irls_iterations):
             res = rho - _loo_predict(Wall, rho, weights, o.prior)
-            scale = max(1.4826 * np.median(np.abs(res)), 1e-3)
-            weights = 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
-    field = _bilateral_field(depth, uv, rho, L, weights, spatial_px, range_log, o)
+            weights = _cauchy(res)
+    field = _bilateral_field_dense(depth, uv, rho, L, weights, spatial_px, range_log, o)
     return LocalCorrection(field.astype(np.float32), spatial_px, range_log, before, best[0], n)
 
 
-def _bilateral_field(depth, uv, rho, L, weights, spatial_px, range_log, o: LocalOptions) -> np.ndarray:
+def _bilateral_field_dense(depth, uv, rho, L, weights, spatial_px, range_log, o: LocalOptions) -> np.ndarray:
     """Evaluate the bilateral estimate on a (y, x, log-depth) grid and interpolate it per pixel."""
     from scipy import ndimage
 

@@ -168,7 +168,7 @@ def _single_args(p: argparse.ArgumentParser) -> None:
         "--fov",
         type=float,
         default=None,
-        help="horizontal field of view in degrees (default: EXIF focal length, else 55)",
+        help="horizontal field of view in degrees (default: EXIF focal length, else estimated from the normals)",
     )
     cam.add_argument("--K", dest="K", type=Path, default=None, help="3x3 intrinsics in pixels, a text file")
     p.add_argument(
@@ -235,14 +235,34 @@ def _single(args: argparse.Namespace) -> int:
     )
     rep = r.report
     print(f"mesh: {r.mesh} ({rep['triangles']} triangles); depth: {r.depth}; preview: {r.preview}")
+    how = "" if rep["shift_determined"] else f" ({rep['shift_note']})"
     print(
-        f"intrinsics: {rep['intrinsics_source']}; shift {rep['shift']:.4g}; predicted normals agree with the "
+        f"intrinsics: {rep['intrinsics_source']}; shift {rep['shift']:.4g}{how}; predicted normals agree with the "
         f"depth prior to {rep['normal_agreement_deg']:.1f} deg on average"
     )
+    if rep["integration"]["fallback"]:
+        print(f"note: the mesh is the depth prediction itself: {rep['integration']['fallback']}")
     conv = rep["convention"]
     if not conv["ok"]:
         state = "applied" if conv["applied"] else "NOT applied (use --auto-convention)"
         print(f"warning: the normals agree better with axis signs {conv['best_signs']}: {state}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- warmup
+@command(
+    "warmup",
+    help="compile the single-view integration kernels once (numba), so that the first 'single' is fast",
+    description=(
+        "Compile the normal-integration kernels and store them in numba's disk cache (the package's __pycache__, "
+        "or NUMBA_CACHE_DIR). A machine's first compile takes tens of seconds on a small CPU; afterwards every "
+        "process loads them in under a second. 'lotus3d single' also starts this in the background by itself."
+    ),
+)
+def _warmup(args: argparse.Namespace) -> int:
+    from lotus3d.integrate import warm_up
+
+    print(f"integration kernels ready in {warm_up():.1f} s")
     return 0
 
 
@@ -387,6 +407,16 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         help="'reconstruct': simulated prediction errors (default: realistic, calibrated to Lotus)",
     )
     p.add_argument(
+        "--family",
+        action="store_true",
+        help="'reconstruct': every simulated error mode on both scenes, parameters drawn per scene (slow: ~30 min)",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="'reconstruct': time and memory of the local correction alone at 1k, 10k, 50k points per view",
+    )
+    p.add_argument(
         "--repeats",
         type=int,
         default=3,
@@ -423,6 +453,14 @@ def _bench(args: argparse.Namespace) -> int:
 
             raise InputError(f"--repeats must be at least 1, not {args.repeats}")
         run_single_bench(repeats=args.repeats, out=args.out)
+    elif args.scaling:
+        from lotus3d.bench.reconstruct import alignment_scaling
+
+        alignment_scaling()
+    elif args.family:
+        from lotus3d.bench.reconstruct import run_family
+
+        run_family(out=args.out)
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
         from lotus3d.configs import ReconstructConfig

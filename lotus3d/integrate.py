@@ -201,7 +201,7 @@ def integrate_normals(
     K: np.ndarray,
     mask: np.ndarray | None = None,
     prior_depth: np.ndarray | None = None,
-    prior_weight: float = 1e-3,
+    prior_weight: float | np.ndarray = 1e-3,
     k: float = 2.0,
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -217,7 +217,7 @@ def integrate_normals(
         prior_depth: (H, W) depth prior (NaN = none); fixes the scale. Without it the result is up
             to scale, normalised so that its median is 1.
         prior_weight: weight of the prior relative to the normal terms (the prior dominates
-            variations longer than about 2 pi / sqrt(prior_weight) pixels).
+            variations longer than about 2 pi / sqrt(prior_weight) pixels); a number, or (H, W) per pixel.
         k: bilateral sharpness (BiNI's k); max_iter, tol: reweighting stop (relative energy
             change); cg_tol: CG tolerance (relative residual, as scipy's ``cg``) once the energy
             settles; earlier steps, whose weights will still move, are solved to
@@ -244,11 +244,12 @@ def integrate_normals(
     au, av, _ = log_depth_gradients(nrm, Kc)
     scale2 = float(np.median(au[valid] ** 2))
     if prior_depth is not None:
-        p = prior_depth[crop]
+        p = prior_depth[crop].astype(np.float64)  # one kernel signature whatever the prior's dtype
         has_prior = valid & np.isfinite(p) & (p > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             zp = np.where(has_prior, np.log(p), 0.0)
-        lam = np.where(has_prior, prior_weight * scale2, 0.0)
+        pw = prior_weight[crop] if np.ndim(prior_weight) == 2 else prior_weight
+        lam = np.where(has_prior, pw * scale2, 0.0)
     else:
         zp = np.zeros(valid.shape)
         lam = np.where(valid, 1e-9 * scale2, 0.0)  # pins the free constant
@@ -337,6 +338,25 @@ def _initial_weights(link_x: np.ndarray, link_y: np.ndarray) -> np.ndarray:
     has[..., 2] = link_y
     has[1:, :, 3] = link_y[:-1]
     return has * 0.5
+
+
+# ----------------------------------------------------------------------------------- warm-up
+def warm_up() -> float:
+    """Compile the integration kernels, or load them from numba's disk cache (``cache=True``: the
+    package's ``__pycache__``, or ``NUMBA_CACHE_DIR``); returns the seconds it took. A machine's first
+    call compiles (tens of seconds on a small CPU); every later process loads them (under a second).
+    ``lotus3d warmup`` runs it once after installing; ``lotus3d single`` starts it in a background
+    thread while it reads the image and the prediction."""
+    t0 = time.perf_counter()
+    n = 160  # above multigrid.PARALLEL_PIXELS: the parallel kernels are compiled too
+    u, v = np.meshgrid(np.linspace(-0.6, 0.6, n), np.linspace(-0.6, 0.6, n))
+    zs = np.sqrt(np.clip(1.0 - u**2 - v**2, 0.04, None))
+    normal = np.stack([u, v, -zs], -1) / np.linalg.norm(np.stack([u, v, zs], -1), axis=-1, keepdims=True)
+    K = np.array([[n, 0.0, (n - 1) / 2], [0.0, n, (n - 1) / 2], [0.0, 0.0, 1.0]])
+    prior = 3.0 - zs
+    integrate_normals(normal.astype(np.float32), K, prior_depth=prior, max_iter=3)
+    integrate_normals(normal.astype(np.float32), K, max_iter=3)
+    return time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- helpers on depth

@@ -17,6 +17,10 @@ with the error sources a monocular model shows, in this order:
 
 The output is affine-invariant disparity normalised to [0, 1] by its 2-98 % quantiles, as Lotus's
 training target.
+
+:func:`simulate_mode` gives a *family* of error models instead (:data:`ERROR_MODES`), their
+parameters drawn at random per scene by :func:`draw_error_model`: methods are chosen on the whole
+family, so that no default is tuned to one simulator.
 """
 
 from __future__ import annotations
@@ -122,3 +126,89 @@ def _realistic_normals(
         n = np.stack([ndimage.gaussian_filter(n[..., c], blur_px / 2) for c in range(3)], -1)
     n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9)
     return n.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- a family of error models
+ERROR_MODES = ("texture", "object_gain", "warp", "edge_blur", "fronto", "quantise", "mixed")
+"""Named error modes of :func:`simulate_mode`, each one way a monocular model errs:
+
+- ``texture``: pixel-scale noise correlated with the image (texture copied into depth): log depth
+  moves by a multiple of the image's band-passed luminance, 0.5-2 px features, std 1-4 %.
+- ``object_gain``: each object (mesh, the floor included) placed too near or far by its own
+  log-depth offset, std 4-12 %.
+- ``warp``: a smooth low-frequency warp of log depth over the image, amplitude 4-12 %.
+- ``edge_blur``: disparity smeared across silhouettes over 1.5-4 px: flying pixels between
+  foreground and background.
+- ``fronto``: a bias toward fronto-parallel surfaces: each object's relief (log depth about its
+  median) flattened by 10-30 %.
+- ``quantise``: disparity stored with 48-256 levels (as an 8-bit image would be).
+- ``mixed``: all of the above at once, each at a random 0-70 % of its range's top, plus
+  mid-frequency noise.
+
+Every mode adds a little pixel noise and the same normal errors (a smooth bias of 2-6 degrees,
+noise of 1-3 degrees); the output is normalised disparity in [0, 1] like Lotus's.
+"""
+
+
+def draw_error_model(mode: str, rng: np.random.Generator) -> dict[str, float]:
+    """Random parameters of one error mode (see :data:`ERROR_MODES`), drawn once per scene."""
+    if mode not in ERROR_MODES:
+        raise ValueError(f"unknown error mode {mode!r}; choose from {ERROR_MODES}")
+    top = {
+        "texture": rng.uniform(0.01, 0.04),
+        "object_gain": rng.uniform(0.04, 0.12),
+        "warp": rng.uniform(0.04, 0.12),
+        "edge_blur": rng.uniform(1.5, 4.0),
+        "fronto": rng.uniform(0.1, 0.3),
+    }
+    p = dict.fromkeys(top, 0.0) | {"quantise": 0.0, "noise": 0.0}
+    p["normal_bias_deg"] = float(rng.uniform(2, 6))
+    p["normal_noise_deg"] = float(rng.uniform(1, 3))
+    if mode == "mixed":
+        for k, v in top.items():
+            p[k] = float(v * rng.uniform(0, 0.7))
+        p["quantise"] = float(rng.choice([0, 256, 128]))
+        p["noise"] = float(rng.uniform(0.005, 0.02))
+    elif mode == "quantise":
+        p["quantise"] = float(rng.integers(48, 257))
+    else:
+        p[mode] = float(top[mode])
+    return p
+
+
+def simulate_mode(view: RenderedView, params: dict[str, float], rng: np.random.Generator) -> Prediction:
+    """A Lotus-like prediction of ``view`` with the errors ``params`` (from :func:`draw_error_model`)."""
+    mask = view.mask
+    h, w = mask.shape
+    segs = view.segments if view.segments is not None else np.where(mask, 0, -1)
+    logd = np.where(mask, np.log(np.where(mask, view.depth, 1.0)), 0.0).astype(np.float64)
+    e = np.zeros((h, w))
+    if params["fronto"] > 0:
+        for sid in np.unique(segs[segs >= 0]):
+            sel = segs == sid
+            e[sel] -= params["fronto"] * (logd[sel] - np.median(logd[sel]))
+    if params["object_gain"] > 0:
+        for sid in np.unique(segs[segs >= 0]):
+            e[segs == sid] += rng.normal(0, params["object_gain"])
+    if params["warp"] > 0:
+        e += params["warp"] * smooth_field((h, w), rng, cells=int(rng.integers(1, 4)))
+    if params["texture"] > 0:
+        lum = view.image.mean(-1).astype(np.float64)
+        band = ndimage.gaussian_filter(lum, 0.5) - ndimage.gaussian_filter(lum, 2.0)
+        e += params["texture"] * band / max(float(band[mask].std()), 1e-9)
+    if params["noise"] > 0:
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 6.0)
+        e += params["noise"] * noise / max(float(noise.std()), 1e-12)
+    disp = np.where(mask, np.exp(-(logd + e)), 0.0)
+    blur = params["edge_blur"]
+    if blur > 0:
+        band = ndimage.binary_dilation(depth_edges(np.where(mask, view.depth, np.nan), 0.05), iterations=int(2 * blur))
+        disp = np.where(band, ndimage.gaussian_filter(disp, blur), disp)
+    pred = normalize_disparity(disp, np.ones_like(mask)) + rng.normal(0, 0.0005, (h, w))
+    pred = np.clip(pred, 0, 1)
+    if params["quantise"] > 0:
+        pred = np.round(pred * (params["quantise"] - 1)) / (params["quantise"] - 1)
+    normal = _realistic_normals(
+        view, rng, params["normal_bias_deg"], params["normal_noise_deg"], max(blur, 1.0) if blur > 0 else 1.0
+    )
+    return Prediction(pred.astype(np.float32), "disparity", normal)

@@ -14,7 +14,7 @@ import trimesh
 from PIL import Image
 from scipy import ndimage
 
-from .integrate import angular_error_deg, depth_to_normals
+from .integrate import IntegrationResult, angular_error_deg, depth_to_normals, integrate_normals
 from .mesh import Mesh, simplify
 from .types import DepthKind
 
@@ -55,10 +55,97 @@ def depth_from_affine(pred: np.ndarray, kind: DepthKind, shift: float) -> np.nda
 
 @dataclass
 class ShiftResult:
-    shift: float  # in units of the prediction (scale fixed to 1)
-    angular_error_deg: float  # mean angle between predicted normals and the prior's normals
+    """The shift of an affine-invariant prediction, recovered from its normals.
+
+    ``shift`` is in units of the prediction (scale fixed to 1); 0 when ``determined`` is False (the
+    normals do not single out a shift: the prediction's own is kept). ``interval`` is the range of
+    shifts whose normal error lies within ``tolerance_deg`` of the best (a narrow one is a confident
+    shift); ``angular_error_deg`` the best error (mean angle at the compared scales); ``errors`` the
+    error at each of ``candidates``.
+    """
+
+    shift: float
+    angular_error_deg: float
     candidates: np.ndarray
     errors: np.ndarray
+    determined: bool = True
+    interval: tuple[float, float] = (0.0, 0.0)
+    reason: str = ""
+    best_shift: float = 0.0  # the minimiser, also when it is not used
+
+
+class ComparisonGrid:
+    """Where a prediction's depth and its normals can be compared: the masked image block-averaged
+    to about 150 pixels across, then smoothed at ``scales`` (in those pixels) within the mask, at
+    pixels away from the mask's border whose predicted normals are coherent at that scale (no crease
+    or silhouette). Depth is noisy at the pixel scale (texture copied into it, quantisation) and
+    normals of a noisy depth are noise; at these scales both are reliable."""
+
+    def __init__(self, mask: np.ndarray, K: np.ndarray, scales: tuple[float, ...] = (1.0, 2.0, 4.0)):
+        self.mask, self.scales = mask, scales
+        self.step = max(1, round(min(mask.shape) / 150))
+        _, frac = self._block(np.zeros(mask.shape))
+        self.valid = frac > 0.99
+        self.set_camera(K)
+
+    def set_camera(self, K: np.ndarray) -> None:
+        """Use intrinsics ``K`` (full-resolution pixels) for the normals of depth maps."""
+        st = self.step
+        self.K = np.diag([1.0 / st, 1.0 / st, 1.0]) @ K  # block centres: (i + 0.5) step - 0.5 in pixels
+        self.K[0, 2] = (K[0, 2] + 0.5) / st - 0.5
+        self.K[1, 2] = (K[1, 2] + 0.5) / st - 0.5
+
+    def _block(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of (H, W[, C]) ``a`` over the mask in each step x step block, and the mask's fraction."""
+        st, m = self.step, self.mask
+        h, w = (m.shape[0] // st) * st, (m.shape[1] // st) * st
+        x = np.where(m[..., None] if a.ndim == 3 else m, np.nan_to_num(a), 0.0)[:h, :w].astype(np.float64)
+        shape = (h // st, st, w // st, st)
+        frac = m[:h, :w].reshape(shape).mean((1, 3))
+        sums = x.reshape(*shape, *a.shape[2:]).sum((1, 3))
+        denom = np.maximum(frac * st * st, 1e-12)
+        return sums / (denom[..., None] if a.ndim == 3 else denom), frac
+
+    def _blur(self, a: np.ndarray, sigma: float) -> np.ndarray:
+        """Gaussian average over valid blocks only (normalised convolution), per channel."""
+        if a.ndim == 3:
+            return np.stack([self._blur(a[..., c], sigma) for c in range(a.shape[2])], -1)
+        wsum = ndimage.gaussian_filter(self.valid.astype(np.float64), sigma)
+        return ndimage.gaussian_filter(np.where(self.valid, a, 0.0), sigma) / np.maximum(wsum, 1e-12)
+
+    def levels(self, a: np.ndarray, normal: np.ndarray, min_pixels: int = 20) -> list[tuple]:
+        """Per scale with enough pixels: (``a`` (H, W) block-averaged and smoothed, the normals likewise
+        (unit), the pixels to compare at)."""
+        a_b, _ = self._block(a)
+        n_b, _ = self._block(normal)
+        out = []
+        for sigma in self.scales:
+            ns = self._blur(n_b, sigma)
+            coherence = np.linalg.norm(ns, axis=-1)
+            use = ndimage.binary_erosion(self.valid, iterations=int(np.ceil(2 * sigma)) + 1) & (coherence > 0.97)
+            if use.sum() >= min_pixels:
+                out.append((self._blur(a_b, sigma), ns / np.maximum(coherence, 1e-12)[..., None], use))
+        return out
+
+    def smooth_large(self, a: np.ndarray, fraction: float = 0.1) -> float:
+        """Median |a| (H, W) after smoothing over ``fraction`` of the image's shorter side (valid blocks)."""
+        b, _ = self._block(a)
+        big = self._blur(np.nan_to_num(b), fraction * min(self.valid.shape))
+        return float(np.median(np.abs(big[self.valid]))) if self.valid.any() else 0.0
+
+    def angles(self, depth: np.ndarray, normal: np.ndarray, use: np.ndarray) -> np.ndarray:
+        """Angles (degrees) between normals of a smoothed block ``depth`` and ``normal`` where ``use``."""
+        n_d = depth_to_normals(depth, self.K)
+        ang = np.degrees(np.arccos(np.clip(np.sum(n_d * normal, -1), -1, 1)))
+        return ang[use & np.isfinite(ang)]
+
+    def error(self, levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+        """Mean over scales of the mean angle (truncated at 30 degrees) for (depth, normals, use) levels."""
+        errs = []
+        for depth, normal, use in levels:
+            ang = self.angles(depth, normal, use)
+            errs.append(float(np.minimum(ang, 30.0).mean()) if len(ang) else 90.0)
+        return float(np.mean(errs)) if errs else float("nan")
 
 
 def recover_shift(
@@ -68,40 +155,268 @@ def recover_shift(
     K: np.ndarray,
     mask: np.ndarray | None = None,
     samples: int = 60,
+    scales: tuple[float, ...] = (1.0, 2.0, 4.0),
+    tolerance_deg: float = 0.5,
 ) -> ShiftResult:
-    """The shift t for which normals computed from ``depth_from_affine(pred, kind, t)`` agree best
-    with the predicted ``normal`` (mean angle). Scale does not change normals, so it stays free.
+    """The shift t for which normals of ``depth_from_affine(pred, kind, t)`` agree best with the
+    predicted ``normal`` (H, W, 3); scale does not change normals, so it stays free.
 
-    Searched on a log-spaced grid over the plausible range, then refined around the best value.
+    Compared where both are reliable (:class:`ComparisonGrid`: block-averaged, smoothed at
+    ``scales``, coherent normals, angles truncated at 30 degrees): on a pixel-noisy depth a larger
+    shift flattens the noise and would otherwise always "agree" better. Searched on a log-spaced
+    grid over the plausible range, refined around the best value. The shift is kept only when it is
+    determined: clearly (``tolerance_deg``) better than no shift, and not at the flat end of the
+    range (a depth flattened to a plane); otherwise the prediction's own is kept and ``reason``
+    says why.
     """
-    m = np.isfinite(pred) if mask is None else (mask & np.isfinite(pred))
-    lo_p, hi_p = np.percentile(pred[m], [1, 99])
-    span = max(hi_p - lo_p, 1e-6)
-    # shifts that keep p + t > 0 on (almost) every pixel, log-spaced over five decades of the range
-    cands = -lo_p + 1e-3 * span + span * np.logspace(-3, 2, samples)
+    problem = _ShiftProblem(pred, kind, normal, K, mask, scales, samples)
+    return problem.solve(tolerance_deg)
 
-    # normals from differences over a few pixels (robust to pixel noise), compared on the grid of
-    # every step-th pixel: there the differences are between neighbours of the subsampled maps, so
-    # the error is the same function on step^2 times fewer pixels
-    step = max(1, round(min(pred.shape) / 150))
-    pred, normal, m = pred[::step, ::step], normal[::step, ::step], m[::step, ::step]
-    Ks = np.diag([1.0 / step, 1.0 / step, 1.0]) @ K
 
-    def err(t: float) -> float:
-        return angular_error_deg(depth_to_normals(depth_from_affine(pred, kind, t), Ks), normal, m)
+class _ShiftProblem:
+    """The shift search of one prediction; the comparison levels do not depend on the intrinsics, so
+    they are built once when several K are tried (:func:`recover_focal`)."""
 
-    errs = np.array([err(t) for t in cands])
+    def __init__(self, pred, kind, normal, K, mask, scales, samples):
+        m = np.isfinite(pred) if mask is None else (mask & np.isfinite(pred))
+        m &= np.isfinite(normal).all(-1)
+        self.kind = kind
+        lo_p, hi_p = np.percentile(pred[m], [1, 99])
+        span = max(hi_p - lo_p, 1e-6)
+        # shifts that keep p + t > 0 on (almost) every pixel, log-spaced over five decades of the range
+        self.base = -lo_p + 1e-3 * span
+        cands = self.base + span * np.logspace(-3, 2, samples)
+        if self.base < 0:  # no shift at all is possible: always a candidate
+            cands = np.sort(np.append(cands, 0.0))
+        self.cands = cands
+        self.grid = ComparisonGrid(m, K, scales)
+        self.levels = self.grid.levels(np.where(m, pred, np.nan), normal)
+
+    def err(self, t: float) -> float:
+        return self.grid.error([(depth_from_affine(ps, self.kind, t), ns, use) for ps, ns, use in self.levels])
+
+    def solve(self, tolerance_deg: float, refine_steps: int = 12) -> ShiftResult:
+        cands, err = self.cands, self.err
+        if not self.levels:
+            return ShiftResult(
+                0.0, float("nan"), cands, np.full(len(cands), np.nan), False, (0.0, 0.0), "too few reliable pixels"
+            )
+        errs = np.array([err(t) for t in cands])
+        i = int(np.nanargmin(errs))
+        lo = cands[max(i - 1, 0)]
+        hi = cands[min(i + 1, len(cands) - 1)]
+        for _ in range(refine_steps):  # golden-section refinement
+            a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+            if err(a) < err(b):
+                hi = b
+            else:
+                lo = a
+        t = (lo + hi) / 2
+        best = min(err(t), float(errs[i]))
+        near = cands[errs <= best + tolerance_deg]
+        interval = (float(min(near.min(), t)), float(max(near.max(), t))) if len(near) else (float(t), float(t))
+        zero = err(0.0) if self.base < 0 else np.inf  # no shift at all (if every pixel stays positive)
+        reason = ""
+        if interval[1] >= cands[-3]:
+            reason = "the normals prefer a depth flattened toward a plane: the shift is not determined"
+        elif zero <= best + tolerance_deg:
+            reason = "no shift agrees with the normals about as well: the prediction's own is kept"
+        if reason:  # the prediction's own, or the least shift that keeps it positive
+            keep = 0.0 if self.base < 0 else float(self.base)
+            return ShiftResult(keep, best, cands, errs, False, interval, reason, float(t))
+        return ShiftResult(float(t), best, cands, errs, True, interval, "", float(t))
+
+
+# ---------------------------------------------------------------------------------- focal length
+@dataclass
+class FocalResult:
+    """A field of view recovered from the normals and the prediction: ``fov_deg`` (horizontal), its K,
+    the shift found with it, and the normal error at each candidate field of view."""
+
+    fov_deg: float
+    K: np.ndarray
+    shift: ShiftResult
+    candidates: np.ndarray
+    errors: np.ndarray
+
+
+def recover_focal(
+    pred: np.ndarray,
+    kind: DepthKind,
+    normal: np.ndarray,
+    mask: np.ndarray | None = None,
+    fov_range: tuple[float, float] = (25.0, 100.0),
+    samples: int = 16,
+) -> FocalResult:
+    """The horizontal field of view (and shift) for which the prediction's depth, back-projected,
+    has normals that agree best with the predicted ones: a wrong focal length bends the surfaces
+    as a wrong shift does. Coarse search over ``fov_range`` (shift searched at each), then golden
+    section around the best; principal point at the image centre."""
+    h, w = pred.shape
+    fovs = np.linspace(*fov_range, samples)
+    coarse = _ShiftProblem(pred, kind, normal, intrinsics_from_fov(w, h, 55.0), mask, (1.0, 2.0, 4.0), 24)
+
+    def err(fov: float) -> float:
+        coarse.grid.set_camera(intrinsics_from_fov(w, h, fov))
+        return coarse.solve(0.5, refine_steps=6).angular_error_deg
+
+    errs = np.array([err(f) for f in fovs])
     i = int(np.nanargmin(errs))
-    lo = cands[max(i - 1, 0)]
-    hi = cands[min(i + 1, len(cands) - 1)]
-    for _ in range(12):  # golden-section refinement
+    lo, hi = fovs[max(i - 1, 0)], fovs[min(i + 1, len(fovs) - 1)]
+    for _ in range(6):
         a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
         if err(a) < err(b):
             hi = b
         else:
             lo = a
-    t = (lo + hi) / 2
-    return ShiftResult(float(t), err(t), cands, errs)
+    fov = (lo + hi) / 2
+    K = intrinsics_from_fov(w, h, fov)
+    return FocalResult(float(fov), K, recover_shift(pred, kind, normal, K, mask), fovs, errs)
+
+
+# ------------------------------------------------------------------------- guarded integration
+@dataclass
+class RefinedDepth:
+    """What :func:`refine_with_normals` returns. ``depth`` (H, W) is the integrated depth, or the
+    prior where the self-check did not trust it (``fallback`` says why, else ""); ``checks`` holds
+    the figures the decision was made on (degrees, at the reliable scales)."""
+
+    depth: np.ndarray
+    fallback: str
+    checks: dict
+    integration: IntegrationResult | None = None
+
+
+def refine_with_normals(
+    normal: np.ndarray,
+    K: np.ndarray,
+    mask: np.ndarray,
+    prior: np.ndarray,
+    prior_weight: float = 1e-3,
+    conflict_deg: float = 15.0,
+    max_departure: float = 0.03,
+    tolerance_deg: float = 0.25,
+) -> RefinedDepth:
+    """Integrate the normals with the depth ``prior`` (H, W), and check the result before trusting it.
+
+    The prior weight adapts per region: where the prior's normals and the predicted ones disagree by
+    more than ``conflict_deg`` at the reliable scales (:class:`ComparisonGrid`), the weight grows with
+    the square of the disagreement, so that a region of wrong normals cannot bend the depth. Smaller
+    disagreements (a prior a little too flat, its pixel noise) are what the normals are there to fix.
+
+    Falls back to the prior, saying why, when the normals cannot be trusted or the result fails the
+    self-check, judged without ground truth at the reliable scales:
+
+    - the result's normals must agree with the predicted normals at least as well as the prior's did
+      (within ``tolerance_deg``; it was integrated from them);
+    - it must not depart from the prior at the large scale (a tenth of the image), where a monocular
+      depth is reliable, by more than ``max_departure`` (median relative depth, scale removed);
+    - where normals and prior disagree by more than ``conflict_deg`` (median), integration must at least
+      halve the disagreement: if it cannot, the normals are wrong (or follow another convention, or
+      belong to another image) and the prior held them back everywhere.
+    """
+    grid = ComparisonGrid(mask & np.isfinite(prior), K, scales=(0.0, 1.0, 2.0, 4.0))
+    levels = grid.levels(prior, normal)
+    checks: dict = {}
+    if not levels:
+        return RefinedDepth(prior, "too few reliable pixels to compare the normals with the depth", checks)
+    prior_err = [grid.angles(d, n, u) for d, n, u in levels]
+    checks["prior_vs_normals_deg"] = round(float(np.median(np.concatenate(prior_err))), 3)
+    # per-pixel disagreement at the middle scale, back at full resolution
+    d_mid, n_mid, use_mid = levels[len(levels) // 2]
+    ang = np.degrees(np.arccos(np.clip(np.sum(depth_to_normals(d_mid, grid.K) * n_mid, -1), -1, 1)))
+    ang = np.where(use_mid & np.isfinite(ang), ang, 0.0)  # only where the comparison is reliable
+    big = ndimage.zoom(ang, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
+    big = np.pad(big, ((0, mask.shape[0] - big.shape[0]), (0, mask.shape[1] - big.shape[1])), mode="edge")
+    weight = prior_weight * np.clip((big[: mask.shape[0], : mask.shape[1]] / conflict_deg) ** 2, 1.0, 1e3)
+    checks["conflict_fraction"] = round(float((weight[mask] > prior_weight).mean()), 4)
+    res = integrate_normals(normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=weight)
+    out_levels = grid.levels(res.depth, normal)
+    out_err = [grid.angles(d, n, u) for d, n, u in out_levels]
+    checks["result_vs_normals_deg"] = round(float(np.median(np.concatenate(out_err))), 3) if out_err else None
+    ratio = np.log(np.where(mask, res.depth, np.nan) / prior)
+    ratio -= np.nanmedian(ratio)  # scale is free
+    coarse = grid.smooth_large(ratio)
+    checks["large_scale_departure"] = round(coarse, 5)
+    worse = checks["result_vs_normals_deg"] is None or (
+        checks["result_vs_normals_deg"] > checks["prior_vs_normals_deg"] + tolerance_deg
+    )
+    if worse:
+        reason = "the integrated depth does not follow the normals better than the prediction: kept the prediction"
+        return RefinedDepth(prior, reason, checks, res)
+    before, after = checks["prior_vs_normals_deg"], checks["result_vs_normals_deg"]
+    if before > conflict_deg and after > 0.5 * before:
+        reason = (
+            f"the normals and the depth disagree ({before:.1f} degrees, median) and integration cannot reconcile "
+            f"them ({after:.1f} after): wrong normals or another convention; kept the prediction"
+        )
+        return RefinedDepth(prior, reason, checks, res)
+    if coarse > max_departure:
+        reason = (
+            f"the integrated depth departs from the prediction at the large scale by {coarse:.3f} "
+            f"(> {max_departure:g}): kept the prediction"
+        )
+        return RefinedDepth(prior, reason, checks, res)
+    return RefinedDepth(res.depth, "", checks, res)
+
+
+# ------------------------------------------------------------------------------------- one view
+@dataclass
+class ViewDepth:
+    """:func:`reconstruct_depth`'s result: the refined depth (``refined.depth``, up to scale), the
+    prior it started from, the intrinsics used (``fov_deg`` set when estimated), the shift, the
+    convention check, and the pixels kept (``mask``)."""
+
+    refined: RefinedDepth
+    prior: np.ndarray
+    K: np.ndarray
+    shift: ShiftResult
+    convention: ConventionResult
+    convention_applied: bool
+    mask: np.ndarray
+    fov_deg: float | None = None
+
+
+def reconstruct_depth(
+    pred: np.ndarray,
+    kind: DepthKind,
+    normal: np.ndarray,
+    K: np.ndarray | None,
+    mask: np.ndarray,
+    prior_weight: float = 1e-3,
+    auto_convention: bool = False,
+    far_factor: float = 8.0,
+) -> ViewDepth:
+    """One view's depth from its affine-invariant prediction (H, W) and normals (H, W, 3): the field
+    of view when ``K`` is None (:func:`recover_focal`), the shift (:func:`recover_shift`), the
+    convention check, then the normals integrated with the shifted prediction as prior
+    (:func:`refine_with_normals`). Pixels the prior puts beyond ``far_factor`` times its median depth
+    (background) leave the mask. Normals in another convention are not integrated unless
+    ``auto_convention``."""
+    fov = None
+    if K is None:
+        focal = recover_focal(pred, kind, normal, mask)
+        K, shift, fov = focal.K, focal.shift, focal.fov_deg
+    else:
+        shift = recover_shift(pred, kind, normal, K, mask)
+    prior = depth_from_affine(pred, kind, shift.shift)
+    convention = check_convention(normal, prior, K, mask)
+    applied = not convention.ok and auto_convention
+    if applied:
+        normal = convention.apply(normal)
+        shift = recover_shift(pred, kind, normal, K, mask)
+        prior = depth_from_affine(pred, kind, shift.shift)
+    with np.errstate(invalid="ignore"):
+        mask = mask & np.isfinite(prior) & (prior < far_factor * np.nanmedian(prior[mask]))
+    if not convention.ok and not applied:
+        why = (
+            "the normals follow another sign convention than the depth (see 'convention'): not integrated; "
+            "--auto-convention applies the matching one"
+        )
+        refined = RefinedDepth(prior, why, {})
+    else:
+        refined = refine_with_normals(normal, K, mask, prior, prior_weight=prior_weight)
+    return ViewDepth(refined, prior, K, shift, convention, applied, mask, fov)
 
 
 # ----------------------------------------------------------------------------- convention check

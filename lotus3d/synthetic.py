@@ -453,7 +453,8 @@ def write_scene(
     """Render a preset scene into a folder that ``lotus3d reconstruct`` reads.
 
     Writes ``images/``, ``sparse/0/`` (COLMAP text model with the exact poses and SfM-like points),
-    ``predictions/`` (simulated; see :func:`simulate_prediction` and :mod:`lotus3d.simulate`),
+    ``predictions/`` (simulated: ``prediction`` is "realistic", "simple" (:func:`simulate_prediction`)
+    or one of :data:`lotus3d.simulate.ERROR_MODES`, its parameters drawn from ``seed``),
     ``gt/mesh.ply``, ``gt/depth/<stem>.npy`` and ``scene.json``. Returns the scene description.
     """
     from .cache import CacheMeta, PredictionCache
@@ -490,10 +491,15 @@ def write_scene(
     write_model_text(model, out / "sparse" / "0")
     cache = PredictionCache(out / "predictions")
     cache.write_meta(CacheMeta("disparity", f"simulated-{prediction}", f"simulated-{prediction}"))
-    for name, v in zip(names, views, strict=True):
-        if prediction == "realistic":
-            from .simulate import simulate_realistic
+    from .simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
 
+    if prediction not in ("realistic", "simple", *ERROR_MODES):
+        raise ValueError(f"unknown prediction simulation {prediction!r}: realistic, simple or one of {ERROR_MODES}")
+    error_model = draw_error_model(prediction, rng) if prediction in ERROR_MODES else None
+    for name, v in zip(names, views, strict=True):
+        if error_model is not None:
+            pred = simulate_mode(v, error_model, rng)
+        elif prediction == "realistic":
             pred = simulate_realistic(v, rng)
         else:
             pred = simulate_prediction(v, rng)
@@ -510,6 +516,7 @@ def write_scene(
         "sparse_points": len(sp.xyz),
         "sparse_noise": sparse_noise,
         "outlier_fraction": outlier_fraction,
+        "error_model": error_model,
         "source_meshes": ["lotus3d/data/spot_cow/cow.obj"] + ([str(extra_mesh)] if extra_mesh else []),
     }
     save_json(out / "scene.json", info)

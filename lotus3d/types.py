@@ -95,3 +95,4 @@ class Alignment:
     method: str = ""
     support: tuple[float, float] | None = None  # prediction range spanned by the view's points (2-98 %)
     local: dict | None = None  # the local correction's kernel widths and held-out errors, if applied
+    heldout: dict | None = None  # held-out points' error (align.heldout_loss) after each stage, and their count

@@ -102,17 +102,34 @@ def reconstruct(
         reasons = "; ".join(f"{n}: {a.reason}" for n, a in alignments.items())
         raise ReconstructionError(f"no view could be aligned to the sparse points ({reasons})")
 
-    # 4. fusion and 5. mesh
+    # 4. fusion, 5. dense multi-view refinement (re-fuse while held-out points improve), 6. mesh
     t0 = time.perf_counter()
     fuse_fp = _fingerprint(state.data.get("align"), to_dict(cfg))
     mesh_paths = [out / f"mesh.{f}" for f in _formats(cfg)]
     fusion: dict = {}
+    refinement: list[dict] = []
     if not (state.done("mesh", fuse_fp) and all(p.is_file() for p in mesh_paths)):
-        result = _fuse(out, model, cache, images, alignments, cfg, progress)
+        depth_dir = out / "work" / "aligned"
+        fused, fusion = _fuse(depth_dir, model, cache, images, alignments, cfg, progress)
+        cleaned = mesh.remove_small_components(fused, cfg.min_component_fraction)
         timings["fuse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        fusion = result[1]
-        cleaned = mesh.remove_small_components(result[0], cfg.min_component_fraction)
+        for k in range(1, cfg.refine_rounds + 1):
+            t_round = time.perf_counter()
+            refined_dir = out / "work" / f"refined_{k}"
+            info = _refine(depth_dir, refined_dir, cleaned, model, alignments, cfg, progress)
+            if info["accepted"]:
+                fused, fusion = _fuse(refined_dir, model, cache, images, alignments, cfg, progress)
+                cleaned = mesh.remove_small_components(fused, cfg.min_component_fraction)
+                depth_dir = refined_dir
+            refinement.append({"round": k, **info, "seconds": round(time.perf_counter() - t_round, 3)})
+            if not info["accepted"]:
+                break
+        timings["refine"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for name in good:
+            stem = Path(name).stem
+            save_npy(out / "depth" / f"{stem}.npy", np.load(depth_dir / f"{stem}.npy"))
         cleaned = mesh.simplify(cleaned, cfg.simplify)
         if cleaned.num_triangles == 0:
             raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
@@ -124,6 +141,10 @@ def reconstruct(
     else:
         previous = load_json(out / "report.json") if (out / "report.json").is_file() else {}
         fusion = previous.get("fusion", {})
+        refinement = previous.get("refinement", [])
+        for name, view in previous.get("views", {}).items():
+            if name in alignments and view.get("heldout"):
+                alignments[name].heldout = view["heldout"]
 
     report = {
         "scene": str(scene),
@@ -132,6 +153,8 @@ def reconstruct(
         "aligned_views": len(good),
         "excluded_views": {n: a.reason for n, a in alignments.items() if not a.ok},
         "fusion": fusion,
+        "refinement": refinement,
+        "heldout": _pooled_heldout(alignments),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "settings": {"reconstruct": to_dict(cfg), "predict": to_dict(predict_cfg)},
         "predictions": cache.read_meta().to_json(),
@@ -222,17 +245,20 @@ def _align_views(
         cfg.alignment,
         cfg.min_points,
         cfg.local_alignment,
+        cfg.local_method,
         [(_mtime(cache.depth_path(Path(n).stem))) for n in model.names],
     )
     record = out / "work" / "alignment.json"
     if state.done("align", fp) and record.is_file():
         return {n: Alignment(**a) for n, a in load_json(record).items()}
     opts = align.AlignOptions(min_points=cfg.min_points)
+    local_opts = align.LocalOptions() if cfg.local_method == "grid" else align.LocalOptions.dense()
     result: dict[str, Alignment] = {}
     for name in tqdm(model.names, desc="align", unit="view", disable=not progress):
         cam = model.cameras[name]
         pred = _view_prediction(cache, meta, name, cam, model)
         uv, z = model.point_depths(name)
+        heldout = _heldout_mask(model, name, cfg.holdout_every)
         p = align.sample_prediction(pred.depth, uv)
         if cfg.alignment == "none":
             if meta.depth_kind != "depth":
@@ -245,8 +271,9 @@ def _align_views(
         result[name] = al
         if al.ok:
             depth = align.apply_alignment(pred.depth, al)
+            al.heldout = {"points": int(heldout.sum()), "global": _heldout_error(depth, uv[heldout], z[heldout])}
             if cfg.local_alignment:
-                corr = align.fit_local_correction(depth, uv, z)
+                corr = align.fit_local_correction(depth, uv[~heldout], z[~heldout], local_opts)
                 depth = align.apply_local_correction(depth, corr)
                 if corr is not None:
                     al.local = {
@@ -255,12 +282,92 @@ def _align_views(
                         "heldout_before": round(corr.heldout_before, 5),
                         "heldout_after": round(corr.heldout_after, 5),
                     }
-            save_npy(out / "depth" / f"{Path(name).stem}.npy", depth)
+                al.heldout["local"] = _heldout_error(depth, uv[heldout], z[heldout])
+            save_npy(out / "work" / "aligned" / f"{Path(name).stem}.npy", depth)
         else:
             log.warning("view %s excluded: %s", name, al.reason)
     save_json(record, {n: asdict(a) for n, a in result.items()})
     state.mark("align", fp)
     return result
+
+
+def _heldout_mask(model: sfm.SfMModel, name: str, every: int) -> np.ndarray:
+    """(N,) bool over a view's observations: the points held out of every fit (every ``every``-th
+    point id, the same points in all views), to measure each stage on points it never saw."""
+    obs = model.observations.get(name)
+    if obs is None or every <= 0:
+        return np.zeros(0 if obs is None else len(obs.point_ids), bool)
+    return obs.point_ids % every == 0
+
+
+def _heldout_error(depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> float | None:
+    """The held-out error of a depth map at points (uv, z): :func:`align.heldout_loss` of the log
+    residuals (mean, each capped at 5 %); None without any point."""
+    d = align.sample_prediction(depth, uv)
+    ok = np.isfinite(d) & (d > 0) & (z > 0)
+    return round(align.heldout_loss(np.log(z[ok] / d[ok])), 6) if ok.any() else None
+
+
+def _pooled_heldout(alignments: dict[str, Alignment]) -> dict[str, float]:
+    """Per stage, the mean over views of the held-out error (views with held-out points)."""
+    stages: dict[str, list[float]] = {}
+    for a in alignments.values():
+        for k, v in (a.heldout or {}).items():
+            if k != "points" and v is not None:
+                stages.setdefault(k, []).append(v)
+    return {k: round(float(np.mean(v)), 6) for k, v in stages.items()}
+
+
+def _refine(
+    depth_dir: Path,
+    refined_dir: Path,
+    fused: mesh.Mesh,
+    model: sfm.SfMModel,
+    alignments: dict[str, Alignment],
+    cfg: ReconstructConfig,
+    progress: bool,
+) -> dict:
+    """One round of dense multi-view refinement.
+
+    The fused surface, ray cast into each view, is a dense multi-view target: each view's depth gets
+    a new edge-aware correction fitted to it (every ``refine_stride``-th pixel, where it agrees with
+    the view within the view's tolerance: elsewhere the views disagree or the surface is occluded)
+    and to the view's own SfM points. The round is accepted when the held-out points' error, mean
+    over views, goes down; the refined depth goes to ``refined_dir``.
+    """
+    good = [n for n in model.names if alignments[n].ok]
+    s = cfg.refine_stride
+    rendered = mesh.render_depth(fused, {n: model.cameras[n] for n in good}, stride=s)
+    opts = align.LocalOptions.refinement()
+    before, after, refined = {}, {}, {}
+    for name in tqdm(good, desc="refine", unit="view", disable=not progress):
+        depth = np.load(depth_dir / f"{Path(name).stem}.npy")
+        uv, z = model.point_depths(name)
+        held = _heldout_mask(model, name, cfg.holdout_every)
+        ys, xs = np.nonzero(np.isfinite(rendered[name]))
+        zt = rendered[name][ys, xs].astype(np.float64)
+        ys, xs = ys * s, xs * s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agree = np.abs(np.log(zt / depth[ys, xs])) < _view_tolerance(alignments[name])
+        uv_all = np.concatenate([np.column_stack([xs[agree], ys[agree]]).astype(np.float64), uv[~held]])
+        z_all = np.concatenate([zt[agree], z[~held]])
+        corr = align.fit_local_correction(depth, uv_all, z_all, opts)
+        refined[name] = align.apply_local_correction(depth, corr)
+        before[name] = _heldout_error(depth, uv[held], z[held])
+        after[name] = _heldout_error(refined[name], uv[held], z[held])
+    views = [n for n in good if before[n] is not None and after[n] is not None]
+    b = float(np.mean([before[n] for n in views])) if views else None
+    a = float(np.mean([after[n] for n in views])) if views else None
+    accepted = bool(views) and a < b
+    if accepted:
+        k = refined_dir.name
+        for name in good:
+            save_npy(refined_dir / f"{Path(name).stem}.npy", refined[name])
+            if after[name] is not None:
+                alignments[name].heldout[k] = after[name]
+    else:
+        log.info("refinement round not kept: held-out error %s -> %s", b, a)
+    return {"heldout_before": b, "heldout_after": a, "accepted": accepted}
 
 
 def _view_prediction(cache: PredictionCache, meta, name: str, cam: Camera, model: sfm.SfMModel):
@@ -274,7 +381,7 @@ def _view_prediction(cache: PredictionCache, meta, name: str, cam: Camera, model
 
 
 def _fuse(
-    out: Path,
+    depth_dir: Path,
     model: sfm.SfMModel,
     cache: PredictionCache,
     images: dict[str, Path],
@@ -295,7 +402,7 @@ def _fuse(
         opts = fuse.FilterOptions(
             edge_threshold=cfg.edge_threshold, max_grazing_deg=cfg.max_grazing_deg, max_depth=max_depth
         )
-        depths[name] = fuse.filter_depth(np.load(out / "depth" / f"{Path(name).stem}.npy"), cam.K, pred.normal, opts)
+        depths[name] = fuse.filter_depth(np.load(depth_dir / f"{Path(name).stem}.npy"), cam.K, pred.normal, opts)
     # multi-view consistency
     kept_fraction = None
     if cfg.consistency and len(depths) > 1:

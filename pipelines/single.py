@@ -1,13 +1,17 @@
 """One photo -> a 3D mesh: prediction, depth prior, normal integration, triangulation.
 
-Steps: read the image and intrinsics (--K, EXIF focal, or a default field of view); the Lotus
-prediction (from a cache folder or the model); the sky / invalid mask; the shift of the
-affine-invariant prediction from the normals; the normal-convention check; bilateral normal
-integration with the prior; a textured mesh cut at discontinuities; refined depth, preview, report.
+Steps: read the image and intrinsics (--K, --fov, EXIF focal, or estimated from the normals); the
+Lotus prediction (from a cache folder or the model); the sky / invalid mask; the shift of the
+affine-invariant prediction from the normals (kept at 0 when they do not determine it); the
+normal-convention check; bilateral normal integration with the prior, checked against the prior
+and replaced by it, with a message, when it fails the check; a textured mesh cut at
+discontinuities; refined depth, preview, report.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,8 @@ from lotus3d.configs import PredictConfig
 from lotus3d.errors import InputError
 from lotus3d.io import atomic_write, load_image, save_image, save_json, save_npy
 from lotus3d.types import Prediction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +85,8 @@ def run_single(
         simplify: decimate the mesh to at most this many triangles (0: two per pixel square).
     """
     t0 = time.perf_counter()
+    # compile (or load) the integration kernels while the image and the prediction are read
+    threading.Thread(target=integrate.warm_up, name="lotus3d-warmup", daemon=True).start()
     image_path = Path(image_path)
     out = Path(out) if out else image_path.with_suffix(".glb")
     if out.suffix.lower() not in (".glb", ".obj", ".ply"):
@@ -89,11 +97,11 @@ def run_single(
     h, w = image.shape[:2]
     if K is not None:
         source = "given"
+    elif fov_deg is not None:
+        K, source = single.intrinsics_from_fov(w, h, fov_deg), f"fov {fov_deg:g} deg (given)"
     else:
-        K = single.intrinsics_from_exif(image_path, w, h) if fov_deg is None else None
-        source = "exif" if K is not None else f"fov {fov_deg or single.DEFAULT_FOV_DEG} deg"
-        if K is None:
-            K = single.intrinsics_from_fov(w, h, fov_deg or single.DEFAULT_FOV_DEG)
+        K = single.intrinsics_from_exif(image_path, w, h)
+        source = "exif" if K is not None else None
     pred = _prediction(image_path, image, Path(predictions) if predictions else None, pcfg or PredictConfig())
     p, normal = pred.depth, pred.normal
     mask = np.isfinite(p) & np.isfinite(normal).all(-1)
@@ -104,28 +112,28 @@ def run_single(
     timings = {"load": time.perf_counter() - t0}
 
     t = time.perf_counter()
-    shift = single.recover_shift(p, pred.kind, normal, K, mask)
-    prior = single.depth_from_affine(p, pred.kind, shift.shift)
-    convention = single.check_convention(normal, prior, K, mask)
-    if not convention.ok and auto_convention:
-        normal = convention.apply(normal)
-        shift = single.recover_shift(p, pred.kind, normal, K, mask)
-        prior = single.depth_from_affine(p, pred.kind, shift.shift)
-    # pixels the shifted prediction puts very far (background the sky threshold missed) are not meshed
-    with np.errstate(invalid="ignore"):
-        mask &= np.isfinite(prior) & (prior < far_factor * np.nanmedian(prior[mask]))
-    timings["prior"] = time.perf_counter() - t
+    view = single.reconstruct_depth(p, pred.kind, normal, K, mask, prior_weight, auto_convention, far_factor)
+    K, shift, convention, refined, mask = view.K, view.shift, view.convention, view.refined, view.mask
+    if view.fov_deg is not None:
+        source = f"estimated from the normals: fov {view.fov_deg:.1f} deg"
+    for note in (shift.reason, refined.fallback):
+        if note:
+            log.warning("%s: %s", image_path.name, note)
+    timings["depth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    res = integrate.integrate_normals(
-        normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=prior_weight
+    res = refined.integration
+    depth = np.where(mask, refined.depth, np.nan)
+    depth = depth * (scale / np.nanmedian(depth))
+    breaks = res.weights.min(-1) < 0.05 if res is not None and not refined.fallback else None
+    mesh = single.depth_to_mesh(
+        depth,
+        K,
+        image,
+        max_relative_jump=0.05,
+        breaks=None if breaks is None else breaks & mask,
+        max_triangles=simplify,
     )
-    depth = res.depth * (scale / np.nanmedian(res.depth))
-    timings["integrate"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    breaks = res.weights.min(-1) < 0.05
-    mesh = single.depth_to_mesh(depth, K, image, max_relative_jump=0.05, breaks=breaks & mask, max_triangles=simplify)
     _export(mesh, out)
     depth_path = out.with_suffix(".depth.npy")
     save_npy(depth_path, depth.astype(np.float32))
@@ -139,17 +147,23 @@ def run_single(
         "intrinsics_source": source,
         "prediction_kind": pred.kind,
         "shift": shift.shift,
+        "shift_determined": shift.determined,
+        "shift_interval": list(shift.interval),
+        "shift_note": shift.reason,
         "normal_agreement_deg": shift.angular_error_deg,
         "convention": {
             "ok": convention.ok,
             "best_signs": list(convention.signs),
-            "applied": bool(not convention.ok and auto_convention),
+            "applied": view.convention_applied,
             "errors_deg": {str(k): round(v, 3) for k, v in convention.errors.items()},
         },
         "integration": {
-            "iterations": res.iterations,
-            "cg_iterations": res.cg_iterations,
-            "seconds": round(res.seconds, 3),
+            "used": not refined.fallback,
+            "fallback": refined.fallback,
+            "checks": refined.checks,
+            "iterations": res.iterations if res else 0,
+            "cg_iterations": res.cg_iterations if res else 0,
+            "seconds": round(res.seconds, 3) if res else 0.0,
         },
         "median_depth": scale,
         "triangles": len(mesh.faces),

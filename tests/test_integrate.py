@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,26 +101,48 @@ def test_shift_recovery_finds_a_known_shift(scene):
     d, n, K, m, _ = scene
     pred = (1.0 / d - 0.1) / 0.5  # disparity = 0.5 * (pred + 0.2): the shift in prediction units is 0.2
     res = recover_shift(pred, "disparity", n, K, m)
-    assert res.shift == pytest.approx(0.2, rel=0.05)
-    assert res.angular_error_deg < 2.0
+    assert res.determined and res.shift == pytest.approx(0.2, rel=0.05)
+    assert res.interval[0] <= res.shift * 1.2 and res.interval[1] >= res.shift * 0.8
+    zero = res.errors[np.argmin(np.abs(res.candidates))]
+    assert res.angular_error_deg < 4.0 and zero > res.angular_error_deg + 5  # no shift is clearly worse
 
 
-def test_shift_recovery_on_a_large_map_compares_every_few_pixels():
-    """At 768 x 576 the normals are compared on every 4th pixel (differences over 4 pixels either
-    way); the shift is still found, with noisy normals, and the agreement matches the full map's."""
-    h, w = 576, 768
+def _tilted_plane(h=576, w=768):
     K = intrinsics_from_fov(w, h, 60.0)
     r = _rays(h, w, K)
-    d = 4.0 / (1 - 0.3 * r[..., 0] + 0.25 * r[..., 1])  # a tilted plane: the shift bends it
-    n = depth_to_normals(d, K, 4)
-    noisy = n + np.random.default_rng(3).normal(0, 0.05, n.shape)
-    noisy /= np.linalg.norm(noisy, axis=-1, keepdims=True)
+    # a tilted plane (the shift bends it) with a bump on it
+    bump = 0.08 * np.exp(-((r[..., 0] - 0.1) ** 2 + (r[..., 1] + 0.05) ** 2) / 0.02)
+    d = 4.0 / (1 - 0.3 * r[..., 0] + 0.25 * r[..., 1]) * (1 - bump)
+    return d, depth_to_normals(d, K), K
+
+
+def test_shift_recovery_holds_on_a_prior_with_strong_pixel_noise():
+    """Pixel-scale noise in the prediction (image texture copied into depth) makes the normals of its
+    depth noise: compared pixel by pixel, a large shift that flattens the depth 'agrees' best. Compared
+    at the reliable scales the known shift is found."""
+    d, n, K = _tilted_plane()
     m = np.isfinite(n).all(-1)
+    rng = np.random.default_rng(3)
     pred = (1.0 / d - 0.1) / 0.5
-    res = recover_shift(pred, "disparity", noisy, K, m)
-    assert res.shift == pytest.approx(0.2, rel=0.05)
-    full = angular_error_deg(depth_to_normals(1.0 / (pred + res.shift), K, 4), noisy, m)
-    assert res.angular_error_deg == pytest.approx(full, rel=0.03)
+    noisy_pred = pred + rng.normal(0, 0.02 * np.ptp(pred), pred.shape)  # 2 % of the range, per pixel
+    noisy_n = n + rng.normal(0, 0.03, n.shape)
+    noisy_n /= np.linalg.norm(noisy_n, axis=-1, keepdims=True)
+    pixelwise = angular_error_deg(depth_to_normals(1.0 / (noisy_pred + 0.2), K), noisy_n, m)
+    flattened = angular_error_deg(depth_to_normals(1.0 / (noisy_pred + 20.0), K), noisy_n, m)
+    assert flattened < pixelwise  # the trap: pixel by pixel, a flattened depth looks better
+    res = recover_shift(noisy_pred, "disparity", noisy_n, K, m)
+    assert res.determined and res.shift == pytest.approx(0.2, rel=0.1)
+
+
+def test_shift_recovery_says_when_the_normals_do_not_determine_it():
+    """A fronto-parallel plane has the same normals whatever the shift: undetermined, shift kept at 0."""
+    h, w = 240, 320
+    K = intrinsics_from_fov(w, h, 60.0)
+    n = np.zeros((h, w, 3), np.float32)
+    n[..., 2] = -1
+    pred = np.full((h, w), 0.5) + np.random.default_rng(0).normal(0, 0.01, (h, w))
+    res = recover_shift(pred, "disparity", n, K)
+    assert not res.determined and res.shift == 0.0 and res.reason
 
 
 def test_flipped_x_normals_are_detected(scene):
@@ -245,6 +270,11 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     ]
     assert main([*args, "--simplify", "2000"]) == 0
     assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 2000
+    report = json.loads((tmp_path / "small.json").read_text())  # no K, no EXIF: the focal from the normals
+    assert report["intrinsics_source"].startswith("estimated from the normals")
+    fov = np.degrees(2 * np.arctan(0.5 * 160 / report["intrinsics"][0][0]))
+    assert fov == pytest.approx(55.0, rel=0.15)  # the preset's cameras: 55 degrees
+    assert set(report["integration"]) >= {"used", "fallback", "checks"} and "shift_determined" in report
     assert main([*args, "--simplify", "-5"]) == 2
     assert "--simplify" in capsys.readouterr().err
     # bad input: predictions at another size
@@ -391,7 +421,7 @@ def test_single_benchmark_compares_both_solvers_and_writes_its_rows(tmp_path, mo
     from lotus3d.bench import single as bench
 
     monkeypatch.setattr(bench, "IDLE_SECONDS", 0.0)
-    rows = bench.run(sizes=((64, 48),), diligent=False, realistic=False, repeats=1, out=tmp_path)
+    rows = bench.run(sizes=((64, 48),), diligent=False, priors=False, repeats=1, out=tmp_path)
     views, (total,) = rows[:-1], rows[-1:]
     assert len(views) >= 4 and total["views"] == len(views)
     for r in views:
@@ -399,3 +429,65 @@ def test_single_benchmark_compares_both_solvers_and_writes_its_rows(tmp_path, mo
         assert r["speedup"] == pytest.approx(r["reference_s"] / r["ours_s"])
     assert total["ours_s"] == pytest.approx(sum(r["ours_s"] for r in views))
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(rows, default=float))
+
+
+def test_guarded_integration_improves_a_noisy_prior_and_falls_back_on_wrong_normals():
+    from lotus3d.simulate import _rotate
+    from lotus3d.single import refine_with_normals
+
+    d, n, K = _tilted_plane(288, 384)
+    m = np.isfinite(n).all(-1)
+    rng = np.random.default_rng(0)
+    prior = d * np.exp(rng.normal(0, 0.01, d.shape))  # 1 % pixel noise
+
+    def err(x):
+        x = x * np.nanmedian(d[m]) / np.nanmedian(x[m])
+        return np.nanmean(np.abs(x[m] - d[m]) / d[m])
+
+    good = refine_with_normals(n, K, m, prior)
+    assert not good.fallback and good.integration is not None
+    assert err(good.depth) < 0.3 * err(prior)
+    assert good.checks["result_vs_normals_deg"] < good.checks["prior_vs_normals_deg"]
+    tilt = np.broadcast_to(np.radians([0.0, 40.0, 0.0]), n.shape)
+    for wrong in (n * np.array([-1, 1, 1], np.float32), _rotate(n.astype(np.float64), tilt).astype(np.float32)):
+        bad = refine_with_normals(wrong, K, m, prior)
+        assert "disagree" in bad.fallback
+        assert bad.depth is prior  # the prediction itself, said so
+
+
+def test_focal_length_is_recovered_from_the_normals_of_a_rendered_view(shared_data):
+    from lotus3d import synthetic
+    from lotus3d.single import recover_focal
+
+    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    for fov in (40.0, 70.0):
+        cam = synthetic.orbit_cameras(synthetic.merge_meshes(meshes[:-1]), 3, 320, 240, fov_deg=fov, distance=2.0)[1]
+        v = synthetic.Renderer(meshes).render(cam)
+        pred = np.where(v.mask, 1.0 / v.depth, 0.0)
+        pred = (pred - 0.05) / np.ptp(pred[v.mask])  # affine-invariant: unknown scale and shift
+        res = recover_focal(pred.astype(np.float32), "disparity", np.nan_to_num(v.normal), v.mask)
+        assert res.fov_deg == pytest.approx(fov, rel=0.1)
+
+
+def test_warmup_compiles_once_and_later_processes_load_the_kernels(tmp_path):
+    """``lotus3d warmup`` on a machine with an empty numba cache compiles the kernels into it; a later
+    process integrating another map compiles nothing (every kernel a cache hit)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first = subprocess.run([sys.executable, "-m", "lotus3d.cli", "warmup"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "kernels ready" in first.stdout
+    assert list((tmp_path / "numba").rglob("*.nbi")), "nothing cached"
+    probe = (
+        "import numpy as np\n"
+        "from lotus3d import integrate, multigrid\n"
+        "from lotus3d.bench.single import cow_view\n"
+        "d, n, K, m = cow_view(200, 180)\n"
+        "integrate.integrate_normals(n, K, m, prior_depth=d)\n"
+        "fns = [f for mod in (integrate, multigrid) for f in vars(mod).values() if hasattr(f, 'stats')]\n"
+        "print(sum(f.stats.cache_misses.get(k, 0) for f in fns for k in f.stats.cache_misses),"
+        " sum(sum(f.stats.cache_hits.values()) for f in fns))\n"
+    )
+    second = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    misses, hits = (int(x) for x in second.stdout.split())
+    assert misses == 0 and hits > 5

@@ -59,6 +59,34 @@ def test_reconstruction_beats_naive_least_squares(scene, tmp_path):
     assert m_ours["fscore"] > m_naive["fscore"] + 0.05
     assert m_ours["chamfer"] < 0.7 * m_naive["chamfer"]
     assert naive.report["views"]["view_000.png"]["method"] == "lstsq"
+    # every stage measured on points no fit saw: the local correction halves the global fit's error
+    heldout = ours.report["heldout"]
+    assert heldout["local"] < 0.7 * heldout["global"]
+    view = next(iter(ours.report["views"].values()))
+    assert view["heldout"]["points"] > 5 and {"global", "local"} <= set(view["heldout"])
+    (round1,) = ours.report["refinement"]  # one round by default, kept only if the held-out points improve
+    assert round1["accepted"] == (round1["heldout_after"] < round1["heldout_before"])
+
+
+def test_refinement_never_worsens_held_out_points_on_an_exact_scene(scene, tmp_path):
+    """Fusing exact depth is already right: refinement rounds may not make the held-out points worse
+    (a round that would is not kept), and the depth stays exact."""
+    from lotus3d.bench.reconstruct import gt_depth_cache
+
+    exact = _copy(scene, tmp_path / "exact", predictions=False)
+    gt_depth_cache(scene, exact)
+    cfg = ReconstructConfig(alignment="none", local_alignment=False, refine_rounds=3)
+    rep = reconstruct(exact, tmp_path / "out", cfg, progress=False).report
+    rounds = rep["refinement"]
+    assert rounds and all(r["accepted"] == (r["heldout_after"] < r["heldout_before"]) for r in rounds)
+    assert all(r["accepted"] for r in rounds[:-1])  # it stops at the first round that does not help
+    kept = [r["heldout_after"] for r in rounds if r["accepted"]]
+    assert all(b <= a for a, b in zip([rounds[0]["heldout_before"], *kept], kept, strict=False))
+    for name in list(rep["views"])[:4]:
+        stem = name.rsplit(".", 1)[0]
+        d, gt = np.load(tmp_path / "out" / "depth" / f"{stem}.npy"), np.load(scene / "gt" / "depth" / f"{stem}.npy")
+        ok = np.isfinite(d) & np.isfinite(gt)
+        assert np.median(np.abs(np.log(d[ok] / gt[ok]))) < 0.003
 
 
 def test_alignment_none_needs_metric_depth(scene, tmp_path):

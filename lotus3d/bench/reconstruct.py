@@ -8,6 +8,12 @@ a floor), simulates predictions, and reconstructs each from its prediction cache
 - ``ours``: the default pipeline,
 
 printing F-score, accuracy, completeness and chamfer against the GT mesh, and time per stage.
+
+``lotus3d bench reconstruct --family`` runs every error mode of :data:`lotus3d.simulate.ERROR_MODES`
+on both scenes, the mode's parameters and the SfM points' density, noise and outliers drawn at
+random per (scene, mode); the variants: exact depth, naive least squares, the earlier dense local
+correction, the bilateral-grid correction alone, and ours (grid + dense multi-view refinement).
+``--scaling`` times the local correction alone at 1k, 10k and 50k points on one view.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..configs import ReconstructConfig
 from ..mesh import load_mesh_geometry
 from ..metrics import evaluate_mesh
 from ..sfm import read_model
-from ..simulate import best_affine_disparity
+from ..simulate import ERROR_MODES, best_affine_disparity
 from ..synthetic import write_scene
 from ..types import Prediction
 from . import shared_data
@@ -144,6 +150,134 @@ def run(
             f"{r['completeness']:.4f} | {r['chamfer']:.4f} | {r['seconds']:.1f} |"
         )
     (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
+    return rows
+
+
+FAMILY_VARIANTS = {
+    "gt-depth": ReconstructConfig(alignment="none", local_alignment=False, consistency=False, refine_rounds=0),
+    "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False, refine_rounds=0),
+    "dense (earlier)": ReconstructConfig(local_method="dense", refine_rounds=0),
+    "grid, no refinement": ReconstructConfig(refine_rounds=0),
+    "ours": ReconstructConfig(),
+}
+
+
+def run_family(
+    out: Path | None = None,
+    scenes: tuple[str, ...] = ("orbit", "objects"),
+    modes: tuple[str, ...] = ERROR_MODES,
+    seed: int = 7,
+    variants: dict[str, ReconstructConfig] | None = None,
+) -> list[dict]:
+    """Every error mode on every scene, parameters drawn per (scene, mode); print and return the rows."""
+    out = Path(out or "bench_out/reconstruct_family")
+    data = shared_data()
+    variants = variants or FAMILY_VARIANTS
+    rows = []
+    for si, key in enumerate(scenes):
+        preset, views, extra = SCENES[key]
+        extra_path = data / extra if (extra and data) else None
+        for mi, mode in enumerate(modes):
+            rng = np.random.default_rng([seed, si, mi])
+            points = int(np.exp(rng.uniform(np.log(3000), np.log(12000))))  # in the scene; ~0.2-0.5 per view
+            outliers, noise = float(rng.uniform(0, 0.2)), float(rng.uniform(0.0002, 0.001))
+            scene = out / key / mode / "scene"
+            if scene.exists():
+                shutil.rmtree(scene)
+            info = write_scene(
+                scene,
+                preset,
+                views,
+                seed=int(rng.integers(1 << 30)),
+                sparse_points=points,
+                sparse_noise=noise,
+                outlier_fraction=outliers,
+                prediction=mode,
+                extra_mesh=extra_path,
+            )
+            per_view = float(
+                np.median([len(o.point_ids) for o in read_model(scene / "sparse" / "0").observations.values()])
+            )
+            print(f"{key} / {mode}: {per_view:.0f} points per view, {outliers:.0%} outliers, {info['error_model']}")
+            for name, cfg in variants.items():
+                v = variant_scene(scene, out / key / mode, name.replace(" ", "_").replace(",", ""))
+                if name == "gt-depth":
+                    gt_depth_cache(scene, v)
+                else:
+                    shutil.copytree(scene / "predictions", v / "predictions")
+                row = {"scene": key, "mode": mode, "points_per_view": per_view, "outliers": outliers}
+                row |= run_variant(v, name, dataclasses.replace(cfg))
+                rows.append(row)
+                print(
+                    f"  {name:20s} F@2% {row['fscore']:.3f}  F@1% {row['fscore_1pct']:.3f}  "
+                    f"chamfer {row['chamfer']:.4f}  time {row['seconds']:.1f} s",
+                    flush=True,
+                )
+    _family_table(rows, list(variants))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
+    return rows
+
+
+def _family_table(rows: list[dict], names: list[str]) -> None:
+    for metric in ("fscore", "fscore_1pct"):
+        print(f"\n{metric}: | scene | mode | " + " | ".join(names) + " | ours - bound |")
+        print("|---|---|" + "---|" * (len(names) + 1))
+        for key in dict.fromkeys(r["scene"] for r in rows):
+            for mode in dict.fromkeys(r["mode"] for r in rows if r["scene"] == key):
+                by = {r["variant"]: r for r in rows if r["scene"] == key and r["mode"] == mode}
+                cells = [f"{by[n][metric]:.3f}" if n in by else "-" for n in names]
+                gap = by["ours"][metric] - by["gt-depth"][metric] if {"ours", "gt-depth"} <= set(by) else float("nan")
+                print(f"| {key} | {mode} | " + " | ".join(cells) + f" | {gap:+.3f} |")
+    secs = {n: [r["seconds"] for r in rows if r["variant"] == n] for n in names}
+    print("\nmean time (s): " + ", ".join(f"{n} {np.mean(v):.1f}" for n, v in secs.items() if v))
+
+
+def alignment_scaling(counts: tuple[int, ...] = (1000, 10000, 50000), dense_up_to: int = 10000) -> list[dict]:
+    """Time and peak memory (tracemalloc) of the local correction alone on one 640x480 view of the
+    objects scene, at each target count: grid (ours) and the earlier dense version side by side."""
+    import tracemalloc
+
+    from .. import align, synthetic
+    from ..simulate import draw_error_model, simulate_mode
+
+    data = shared_data()
+    meshes = synthetic.preset_meshes("objects", 0, data / "mesh_fuze_bottle/fuze.obj" if data else None)
+    view = synthetic.Renderer(meshes).render(synthetic.preset_cameras("objects", meshes, 4, 640, 480)[1])
+    rng = np.random.default_rng(0)
+    pred = simulate_mode(view, draw_error_model("mixed", rng), rng)
+    ys, xs = np.nonzero(view.mask)
+    p = pred.depth[ys, xs].astype(np.float64)
+    al = align.fit_scale_shift(p, view.depth[ys, xs].astype(np.float64), "disparity")
+    depth = align.apply_alignment(pred.depth, al)
+    rows = []
+    for n in counts:
+        pick = rng.choice(len(ys), n, replace=n > len(ys))
+        uv = np.column_stack([xs[pick], ys[pick]]) + rng.uniform(-0.5, 0.5, (n, 2))
+        z = view.depth[ys[pick], xs[pick]] * np.exp(rng.normal(0, 0.003, n))
+        for method, opts in (("grid", align.LocalOptions()), ("dense", align.LocalOptions.dense())):
+            if method == "dense" and n > dense_up_to:
+                continue
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            corr = align.fit_local_correction(depth, uv, z, opts)
+            seconds = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            rows.append(
+                {
+                    "points": n,
+                    "method": method,
+                    "seconds": seconds,
+                    "peak_mb": peak / 2**20,
+                    "heldout": corr.heldout_after if corr else None,
+                }
+            )
+            print(
+                f"  {n:6d} points  {method:5s}  {seconds:6.2f} s  peak {peak / 2**20:7.1f} MB  "
+                f"held-out {rows[-1]['heldout']}",
+                flush=True,
+            )
     return rows
 
 

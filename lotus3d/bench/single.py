@@ -12,10 +12,9 @@
 - the nine DiLiGenT objects in BiNI's format under ``shared/data/normal_maps_diligent`` (real
   photometric-stereo normals, 612x512, GT depth in mm), when that folder is present.
 
-A third part runs ours alone on realistic simulated predictions with the depth as prior (six views
-of the two synthetic presets at 768x576, as ``lotus3d single`` would: shift recovered from the
-normals), reporting time and the mean relative depth error of the prior and of the integrated depth
-(the reference has no prior term, so there is nothing to compare it with there).
+A third part (:func:`prior_family_rows`) runs ``lotus3d single``'s depth step on simulated
+predictions of every error mode, six views of the two synthetic presets at 768x576, and compares
+the result with the prediction itself: naive (no shift) and with the oracle shift.
 
 It reports time, peak memory (tracemalloc: numpy allocations) and the mean absolute depth error
 after median scaling (MADE; relative to the mean GT depth for the panel, millimetres for DiLiGenT, as
@@ -183,11 +182,14 @@ def made_mm(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
 
 
 def warm_up() -> float:
-    """Compile (or load from numba's cache) the integration kernels; returns the seconds it took."""
+    """Compile (or load from numba's cache) the integration kernels, the Jacobi solver's too; returns
+    the seconds it took."""
+    from ..integrate import warm_up as warm_up_kernels
+
     t0 = time.perf_counter()
-    depth, normal, K, mask = cow_view(256, 256)  # large enough for the parallel kernels
-    integrate_normals(normal, K, mask)
-    integrate_normals(normal, K, mask, solver="jacobi")
+    warm_up_kernels()
+    depth, normal, K, mask = cow_view(64, 64)
+    integrate_normals(normal, K, mask, solver="jacobi", max_iter=2)
     return time.perf_counter() - t0
 
 
@@ -288,7 +290,7 @@ def summary(label: str, rows: list[dict]) -> dict:
 def run(
     sizes=((256, 256), (512, 512), (768, 576)),
     diligent: bool = True,
-    realistic: bool = True,
+    priors: bool = True,
     repeats: int = 3,
     out: Path | None = None,
 ) -> list[dict]:
@@ -316,9 +318,9 @@ def run(
     if dili:
         rows += dili + [summary("DiLiGenT, all 9", dili)]
         print(f"{'':>24s}  (BiNI paper: mean MADE 1.5036 mm)")
-    if realistic:
-        print("with a depth prior, realistic simulated predictions (ours only):")
-        rows += realistic_rows()
+    if priors:
+        print("with a depth prior, simulated predictions of every error mode (ours vs the prior itself):")
+        rows += prior_family_rows()
     out = Path(out or "bench_out/single")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
@@ -326,44 +328,98 @@ def run(
     return rows
 
 
-def realistic_rows(width: int = 768, height: int = 576) -> list[dict]:
-    """Ours with a prior on realistic simulated predictions (see the module docstring)."""
+def prior_family_rows(width: int = 768, height: int = 576, offsets: tuple[float, ...] = (0.0, 0.3)) -> list[dict]:
+    """``lotus3d single``'s depth (:func:`lotus3d.single.reconstruct_depth`, K known) on simulated
+    predictions of every error mode (:data:`lotus3d.simulate.ERROR_MODES` and the calibrated
+    "realistic" one), three views of each synthetic preset, each prediction also with its disparity
+    raised by each of ``offsets`` (a prediction whose far end is not at zero: the true shift is then
+    about minus the offset). Per row: mean relative depth error (median-scaled) of the naive prior (no
+    shift), of the prior with the oracle shift (the best for the ground truth), and of ours; ours /
+    oracle; the median angle between the normals of our surface and the true ones (and of the
+    predicted normals), and whether ours fell back to the prior."""
     from .. import single, synthetic
-    from ..simulate import simulate_realistic
+    from ..integrate import depth_to_normals
+    from ..simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
 
     bottle = _shared_bottle()
-    if bottle is None:
-        print("(realistic rows skipped: no shared/data/mesh_fuze_bottle)")
-        return []
     rows = []
     for preset in ("orbit", "objects"):
+        if preset == "objects" and bottle is None:
+            print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
+            continue
         meshes = synthetic.preset_meshes(preset, 0, bottle if preset == "objects" else None)
         renderer = synthetic.Renderer(meshes)
         cams = synthetic.preset_cameras(preset, meshes, 6, width, height, seed=0)
         for i in (0, 3, 5):
             v = renderer.render(cams[i])
-            p = simulate_realistic(v, np.random.default_rng(i))
-            K = cams[i].K
-            mask = v.mask & np.isfinite(p.depth) & np.isfinite(p.normal).all(-1)
-            shift = single.recover_shift(p.depth, p.kind, p.normal, K, mask)
-            prior = single.depth_from_affine(p.depth, p.kind, shift.shift)
-            mask &= np.isfinite(prior)
-            res = integrate_normals(p.normal, K, mask, prior_depth=prior)
-            row = {
-                "input": f"{preset} view {i + 1} {width}x{height}",
-                "ours_s": res.seconds,
-                "steps": res.iterations,
-                "prior_error": _relative_error(prior, v.depth, mask),
-                "ours_error": _relative_error(res.depth, v.depth, mask),
-            }
-            print(
-                f"{row['input']:>26s}: ours {res.seconds:5.2f} s ({res.iterations} steps, "
-                f"{res.cg_iterations} CG); mean relative depth error prior {row['prior_error']:.4f} -> "
-                f"integrated {row['ours_error']:.4f}",
-                flush=True,
-            )
-            rows.append(row)
+            for mi, mode in enumerate((*ERROR_MODES, "realistic")):
+                rng = np.random.default_rng([i, mi])
+                p = (
+                    simulate_realistic(v, rng)
+                    if mode == "realistic"
+                    else simulate_mode(v, draw_error_model(mode, rng), rng)
+                )
+                for off in offsets:
+                    pred = np.where(v.mask, p.depth + off, 0.0).astype(np.float32)
+                    mask = v.mask & np.isfinite(p.normal).all(-1) & (pred > 0.01 + off)
+                    t0 = time.perf_counter()
+                    view = single.reconstruct_depth(pred, "disparity", p.normal, cams[i].K, mask)
+                    seconds = time.perf_counter() - t0
+                    m = view.mask
+                    naive = single.depth_from_affine(pred, "disparity", 0.0)
+                    row = {
+                        "input": f"{preset} view {i + 1} {mode}" + (f" +{off:g}" if off else ""),
+                        "mode": mode,
+                        "offset": off,
+                        "seconds": seconds,
+                        "shift": view.shift.shift,
+                        "shift_determined": view.shift.determined,
+                        "fallback": view.refined.fallback,
+                        "naive_error": _relative_error(naive, v.depth, m & np.isfinite(naive)),
+                        "oracle_error": _oracle_shift_error(pred, v.depth, m),
+                        "ours_error": _relative_error(view.refined.depth, v.depth, m),
+                        "ours_normal_deg": _median_angle(depth_to_normals(view.refined.depth, cams[i].K), v.normal, m),
+                        "predicted_normal_deg": _median_angle(p.normal, v.normal, m),
+                    }
+                    row["ours_over_oracle"] = row["ours_error"] / row["oracle_error"]
+                    rows.append(row)
+                    print(
+                        f"{row['input']:>34s}: naive {row['naive_error']:.4f}  oracle shift {row['oracle_error']:.4f}  "
+                        f"ours {row['ours_error']:.4f} ({row['ours_over_oracle']:.2f}x oracle)  normals "
+                        f"{row['ours_normal_deg']:4.1f} deg (predicted {row['predicted_normal_deg']:.1f})  "
+                        f"shift {view.shift.shift:+.3f}{'' if view.shift.determined else ' (kept)'}  {seconds:.1f} s"
+                        + ("  FELL BACK" if view.refined.fallback else ""),
+                        flush=True,
+                    )
+    if rows:
+        ratios = np.array([r["ours_over_oracle"] for r in rows])
+        above_naive = sum(r["ours_error"] > r["naive_error"] for r in rows)
+        print(
+            f"{len(rows)} rows: ours / oracle-shift prior median {np.median(ratios):.2f}, max {ratios.max():.2f}; "
+            f"ours above the naive prior on {above_naive}; median normal error max "
+            f"{max(r['ours_normal_deg'] for r in rows):.1f} deg; fell back on {sum(bool(r['fallback']) for r in rows)}"
+        )
     return rows
+
+
+def _oracle_shift_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """The least error of the prior over shifts (either sign, keeping 99 % of the pixels positive)."""
+    from ..single import depth_from_affine
+
+    lo = float(np.percentile(pred[mask], 1))
+    best = np.inf
+    for t in np.concatenate([[0.0], -lo + np.logspace(-4, 1, 150)]):
+        d = depth_from_affine(pred, "disparity", t)
+        ok = mask & np.isfinite(d)
+        if ok.sum() >= 0.95 * mask.sum():
+            best = min(best, _relative_error(d, gt, ok))
+    return float(best)
+
+
+def _median_angle(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    cos = np.clip(np.sum(a * b, -1), -1, 1)
+    ok = mask & np.isfinite(cos)
+    return float(np.degrees(np.median(np.arccos(cos[ok]))))
 
 
 def _relative_error(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
