@@ -45,7 +45,7 @@ class ReconstructConfig:
     refine_rounds: int = setting(
         1,
         "dense multi-view refinement: refit each view to the fused surface and fuse again, at most this many "
-        "rounds, each kept only if the held-out points improve (0: off)",
+        "rounds, each kept only if the held-out points improve (0: off; needs holdout_every > 0)",
     )
     refine_stride: int = setting(8, "refinement targets: every N-th pixel of the fused surface in each view")
     # multi-view consistency

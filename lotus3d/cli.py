@@ -409,7 +409,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--family",
         action="store_true",
-        help="'reconstruct': every simulated error mode on both scenes, parameters drawn per scene (slow: ~30 min)",
+        help="'reconstruct': every simulated error mode on both scenes, parameters drawn per scene, then the mixed "
+        "mode with our own SfM from the photos alone (slow: ~35 min)",
     )
     p.add_argument(
         "--scaling",
@@ -458,9 +459,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         alignment_scaling()
     elif args.family:
-        from lotus3d.bench.reconstruct import run_family
+        from lotus3d.bench.reconstruct import run_family, run_own_sfm
 
         run_family(out=args.out)
+        run_own_sfm(family=args.out)
     else:
         from lotus3d.bench.reconstruct import run as run_reconstruct
         from lotus3d.configs import ReconstructConfig

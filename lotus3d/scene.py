@@ -124,7 +124,11 @@ class Scene:
                 "run 'lotus3d reconstruct SCENE' to complete it"
             )
         alignments = {n: Alignment(**a) for n, a in load_json(out / "work" / "alignment.json").items()}
-        return cls(out, load_json(out / "report.json"), alignments)
+        report = load_json(out / "report.json")
+        for name, view in report.get("views", {}).items():  # held-out errors after refinement too
+            if name in alignments and view.get("heldout"):
+                alignments[name].heldout = view["heldout"]
+        return cls(out, report, alignments)
 
     # ------------------------------------------------------------------ lazily loaded parts
     @cached_property
@@ -189,6 +193,7 @@ class Scene:
                     "shift": a.shift if a else float("nan"),
                     "residual_p50": (a.residual_percentiles or {}).get("p50", float("nan")) if a else float("nan"),
                     "local_correction": bool(a and a.local),
+                    **{f"heldout_{k}": x for k, x in ((a.heldout or {}) if a else {}).items() if k != "points"},
                     "quality": v.quality,
                     "reason": a.reason if a else "not in the alignment record",
                 }

@@ -173,6 +173,21 @@ def recover_shift(
     return problem.solve(tolerance_deg)
 
 
+def _grid_then_golden(f, grid: np.ndarray, steps: int) -> tuple[float, np.ndarray]:
+    """Minimise ``f`` over sorted ``grid`` values, then by golden section between the best one's
+    neighbours; returns (the minimiser, f on the grid)."""
+    values = np.array([f(x) for x in grid])
+    i = int(np.nanargmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    for _ in range(steps):
+        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+        if f(a) < f(b):
+            hi = b
+        else:
+            lo = a
+    return float((lo + hi) / 2), values
+
+
 class _ShiftProblem:
     """The shift search of one prediction; the comparison levels do not depend on the intrinsics, so
     they are built once when several K are tried (:func:`recover_focal`)."""
@@ -201,18 +216,8 @@ class _ShiftProblem:
             return ShiftResult(
                 0.0, float("nan"), cands, np.full(len(cands), np.nan), False, (0.0, 0.0), "too few reliable pixels"
             )
-        errs = np.array([err(t) for t in cands])
-        i = int(np.nanargmin(errs))
-        lo = cands[max(i - 1, 0)]
-        hi = cands[min(i + 1, len(cands) - 1)]
-        for _ in range(refine_steps):  # golden-section refinement
-            a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
-            if err(a) < err(b):
-                hi = b
-            else:
-                lo = a
-        t = (lo + hi) / 2
-        best = min(err(t), float(errs[i]))
+        t, errs = _grid_then_golden(err, cands, refine_steps)
+        best = min(err(t), float(np.nanmin(errs)))
         near = cands[errs <= best + tolerance_deg]
         interval = (float(min(near.min(), t)), float(max(near.max(), t))) if len(near) else (float(t), float(t))
         zero = err(0.0) if self.base < 0 else np.inf  # no shift at all (if every pixel stays positive)
@@ -260,16 +265,7 @@ def recover_focal(
         coarse.grid.set_camera(intrinsics_from_fov(w, h, fov))
         return coarse.solve(0.5, refine_steps=6).angular_error_deg
 
-    errs = np.array([err(f) for f in fovs])
-    i = int(np.nanargmin(errs))
-    lo, hi = fovs[max(i - 1, 0)], fovs[min(i + 1, len(fovs) - 1)]
-    for _ in range(6):
-        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
-        if err(a) < err(b):
-            hi = b
-        else:
-            lo = a
-    fov = (lo + hi) / 2
+    fov, errs = _grid_then_golden(err, fovs, 6)
     K = intrinsics_from_fov(w, h, fov)
     return FocalResult(float(fov), K, recover_shift(pred, kind, normal, K, mask), fovs, errs)
 
@@ -293,7 +289,7 @@ def refine_with_normals(
     mask: np.ndarray,
     prior: np.ndarray,
     prior_weight: float = 1e-3,
-    conflict_deg: float = 15.0,
+    conflict_deg: float = 25.0,
     max_departure: float = 0.03,
     tolerance_deg: float = 0.25,
 ) -> RefinedDepth:

@@ -246,6 +246,7 @@ def _align_views(
         cfg.min_points,
         cfg.local_alignment,
         cfg.local_method,
+        cfg.holdout_every,
         [(_mtime(cache.depth_path(Path(n).stem))) for n in model.names],
     )
     record = out / "work" / "alignment.json"

@@ -100,22 +100,23 @@ def _view_with_points(n, seed=0):
 
 
 def test_grid_correction_equals_the_dense_one_on_small_inputs():
-    from lotus3d.align import LocalOptions, apply_local_correction, fit_local_correction
+    """On inputs small enough for the earlier dense version, the grid version's error on held-out points
+    is within 5 % of it (or lower), and both remove most of the smooth per-surface error."""
+    from lotus3d.align import LocalOptions, apply_local_correction, fit_local_correction, heldout_loss
 
     for seed in range(3):
-        depth, gt, uv, z = _view_with_points(800, seed)
-        grid = fit_local_correction(depth, uv, z)
-        same = LocalOptions(
-            method="dense", spatial=LocalOptions().spatial, range_=LocalOptions().range_, max_points=800
-        )
-        dense = fit_local_correction(depth, uv, z, same)
-        assert grid is not None and dense is not None
-        assert grid.heldout_before == pytest.approx(dense.heldout_before, rel=1e-6)  # same points, same start
-        assert grid.heldout_after <= 1.05 * dense.heldout_after  # held-out error within 5 %
-        assert grid.heldout_after < 0.4 * grid.heldout_before
-        before = np.median(np.abs(np.log(depth / gt)))
-        fixed = np.median(np.abs(np.log(apply_local_correction(depth, grid) / gt)))
-        assert fixed < 0.3 * before
+        depth, gt, uv, z = _view_with_points(900, seed)
+        held = np.arange(len(z)) % 10 == 0
+        out = {}
+        for name, opts in (("grid", LocalOptions()), ("dense", LocalOptions(method="dense", max_points=900))):
+            corr = fit_local_correction(depth, uv[~held], z[~held], opts)
+            assert corr is not None
+            fixed = apply_local_correction(depth, corr)
+            d = sample_prediction(fixed, uv[held])
+            out[name] = heldout_loss(np.log(z[held] / d))
+            before = np.median(np.abs(np.log(depth / gt)))
+            assert np.median(np.abs(np.log(fixed / gt))) < 0.3 * before
+        assert out["grid"] <= 1.05 * out["dense"], out
 
 
 def test_grid_correction_cost_and_memory_stay_bounded_at_50k_points():

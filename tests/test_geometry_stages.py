@@ -170,3 +170,20 @@ def test_similarity_from_cameras_recovers_transform():
         est[n] = Camera(np.eye(3), T, 10, 10)
     s2, R2, t2 = metrics.similarity_from_cameras(est, ref)
     assert s2 == pytest.approx(s) and np.allclose(R2, R, atol=1e-8) and np.allclose(t2, t, atol=1e-8)
+
+
+def test_mesh_depth_rendering_matches_the_rendered_views(small_scene):
+    """mesh.render_depth (what refinement ray casts the fused surface with) gives the views' own depth,
+    at every pixel and at every stride-th one."""
+    renderer, cams, views = small_scene
+    merged = renderer.mesh
+    m = mesh.Mesh(merged.vertices, merged.faces)
+    full = mesh.render_depth(m, {"a": cams[0], "b": cams[3]})
+    for name, v in (("a", views[0]), ("b", views[3])):
+        assert np.array_equal(np.isfinite(full[name]), v.mask)
+        np.testing.assert_allclose(full[name][v.mask], v.depth[v.mask], rtol=1e-5)
+    strided = mesh.render_depth(m, {"a": cams[0]}, stride=4)["a"]
+    assert strided.shape == (30, 40)
+    np.testing.assert_allclose(strided, full["a"][::4, ::4], rtol=1e-5)
+    empty = mesh.render_depth(mesh.Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64)), {"a": cams[0]})["a"]
+    assert np.isnan(empty).all()

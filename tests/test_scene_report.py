@@ -51,6 +51,10 @@ def test_summary_and_outliers(out):
     assert len(table) == 10 and {"aligned", "points", "inliers", "scale", "shift", "quality"} <= set(table.columns)
     assert table.loc["view_003.png", "quality"] > 0.2  # the spoilt view
     assert scene.outliers() == ["view_003.png"]
+    # each stage's error on held-out points, per view, refinement rounds included (from report.json)
+    stages = {f"heldout_{k}" for r in scene.report["refinement"] if r["accepted"] for k in [f"refined_{r['round']}"]}
+    assert {"heldout_global", "heldout_local", *stages} <= set(table.columns)
+    assert (table["heldout_global"] > 0).all() and (table["heldout_local"] < 0.1).all()
 
 
 def test_plots_return_figures_with_the_data(out):
