@@ -469,7 +469,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         extra = {
             "ours without consistency": ReconstructConfig(consistency=False),
-            "ours, global fit only": ReconstructConfig(local_alignment=False, consistency=False),
+            "ours, global fit only": ReconstructConfig(local_alignment=False, consistency=False, refine_rounds=0),
         }
         run_reconstruct(out=args.out, prediction=args.prediction, extra_variants=extra)
     return 0

@@ -14,6 +14,7 @@ import trimesh
 from PIL import Image
 from scipy import ndimage
 
+from .fuse import depth_edges
 from .integrate import IntegrationResult, angular_error_deg, depth_to_normals, integrate_normals
 from .mesh import Mesh, simplify
 from .types import DepthKind
@@ -77,9 +78,10 @@ class ShiftResult:
 class ComparisonGrid:
     """Where a prediction's depth and its normals can be compared: the masked image block-averaged
     to about 150 pixels across, then smoothed at ``scales`` (in those pixels) within the mask, at
-    pixels away from the mask's border whose predicted normals are coherent at that scale (no crease
-    or silhouette). Depth is noisy at the pixel scale (texture copied into it, quantisation) and
-    normals of a noisy depth are noise; at these scales both are reliable."""
+    pixels away from the mask's border and from the map's own depth edges whose predicted normals
+    are coherent at that scale (no crease or silhouette). Depth is noisy at the pixel scale (texture
+    copied into it, quantisation) and normals of a noisy depth are noise; at these scales both are
+    reliable."""
 
     def __init__(self, mask: np.ndarray, K: np.ndarray, scales: tuple[float, ...] = (1.0, 2.0, 4.0)):
         self.mask, self.scales = mask, scales
@@ -118,11 +120,16 @@ class ComparisonGrid:
         (unit), the pixels to compare at)."""
         a_b, _ = self._block(a)
         n_b, _ = self._block(normal)
+        # depth edges of the map itself (a jump of over 3 % between neighbouring blocks): smoothing mixes
+        # the two sides, so pixels near them are not compared
+        jumps = depth_edges(np.where(self.valid, np.abs(a_b), np.nan), 0.03)
         out = []
         for sigma in self.scales:
             ns = self._blur(n_b, sigma)
             coherence = np.linalg.norm(ns, axis=-1)
-            use = ndimage.binary_erosion(self.valid, iterations=int(np.ceil(2 * sigma)) + 1) & (coherence > 0.97)
+            reach = int(np.ceil(2 * sigma)) + 1
+            use = ndimage.binary_erosion(self.valid, iterations=reach) & (coherence > 0.97)
+            use &= ~ndimage.binary_dilation(jumps, iterations=reach)
             if use.sum() >= min_pixels:
                 out.append((self._blur(a_b, sigma), ns / np.maximum(coherence, 1e-12)[..., None], use))
         return out

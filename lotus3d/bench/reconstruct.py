@@ -125,9 +125,11 @@ def run(
         print(f"rendering {key}: {views} views 640x480 ({prediction} simulated predictions) ...", flush=True)
         write_scene(scene, preset, views, seed=1, outlier_fraction=0.1, prediction=prediction, extra_mesh=extra_path)
         variants = {
-            "gt-depth": ReconstructConfig(alignment="none", local_alignment=False, consistency=False),
-            "oracle-affine": ReconstructConfig(alignment="none", local_alignment=False, consistency=False),
-            "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False),
+            "gt-depth": ReconstructConfig(alignment="none", local_alignment=False, consistency=False, refine_rounds=0),
+            "oracle-affine": ReconstructConfig(
+                alignment="none", local_alignment=False, consistency=False, refine_rounds=0
+            ),
+            "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False, refine_rounds=0),
             "ours": ReconstructConfig(),
             **(extra_variants or {}),
         }

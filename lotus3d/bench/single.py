@@ -328,7 +328,14 @@ def run(
     return rows
 
 
-def prior_family_rows(width: int = 768, height: int = 576, offsets: tuple[float, ...] = (0.0, 0.3)) -> list[dict]:
+def prior_family_rows(
+    width: int = 768,
+    height: int = 576,
+    offsets: tuple[float, ...] = (0.0, 0.3),
+    presets: tuple[str, ...] = ("orbit", "objects"),
+    views: tuple[int, ...] = (0, 3, 5),
+    modes: tuple[str, ...] | None = None,
+) -> list[dict]:
     """``lotus3d single``'s depth (:func:`lotus3d.single.reconstruct_depth`, K known) on simulated
     predictions of every error mode (:data:`lotus3d.simulate.ERROR_MODES` and the calibrated
     "realistic" one), three views of each synthetic preset, each prediction also with its disparity
@@ -342,18 +349,19 @@ def prior_family_rows(width: int = 768, height: int = 576, offsets: tuple[float,
     from ..simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
 
     bottle = _shared_bottle()
+    all_modes = (*ERROR_MODES, "realistic")
     rows = []
-    for preset in ("orbit", "objects"):
+    for preset in presets:
         if preset == "objects" and bottle is None:
             print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
             continue
         meshes = synthetic.preset_meshes(preset, 0, bottle if preset == "objects" else None)
         renderer = synthetic.Renderer(meshes)
         cams = synthetic.preset_cameras(preset, meshes, 6, width, height, seed=0)
-        for i in (0, 3, 5):
+        for i in views:
             v = renderer.render(cams[i])
-            for mi, mode in enumerate((*ERROR_MODES, "realistic")):
-                rng = np.random.default_rng([i, mi])
+            for mode in modes or all_modes:
+                rng = np.random.default_rng([i, all_modes.index(mode)])
                 p = (
                     simulate_realistic(v, rng)
                     if mode == "realistic"
