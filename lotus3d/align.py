@@ -212,7 +212,7 @@ class LocalOptions:
     irls_iterations: int = 3
     method: str = "grid"  # "grid": bilateral grid, linear cost; "dense": N x N kernels (the earlier method)
     cells_per_sigma: float = 2.0  # grid: cells per kernel width on each axis
-    max_range_cells: int = 96  # grid: at most this many log-depth cells (wider cells beyond)
+    max_range_cells: int = 64  # grid: at most this many log-depth cells (wider cells beyond)
     max_points: int = 2000  # dense only: points used to choose the smoothness
     grid_stride: int = 16  # dense only: spacing of the grid the field is evaluated on, pixels
     bins: int = 24  # dense only: log-depth bins of that grid
@@ -317,17 +317,29 @@ def fit_local_correction(
     spatial = [
         fs for fs in o.spatial if fs == widest or n * np.pi * (fs * diag) ** 2 >= o.min_targets_per_kernel * h * w
     ]
+
+    def trial(fs: float, sr: float) -> None:
+        nonlocal best
+        grid = _BilateralGrid((h, w), (lo, hi), fs * diag, sr, o.cells_per_sigma, o.max_range_cells)
+        at = grid.locate(uv, L)
+        r = prior_w.copy()
+        for _ in range(o.irls_iterations):
+            res = rho - grid.loo_average(at, rho, r, o.prior)
+            r = prior_w * _cauchy(res)
+        err = heldout_loss(res, crit_w)
+        tried[(fs, sr)] = err
+        if err < best[0]:
+            best = (err, grid, r)
+
+    # coordinate search: the spatial width at a middle log-depth width, then the log-depth width at it
+    tried: dict[tuple[float, float], float] = {}
+    mid = o.range_[len(o.range_) // 2]
     for fs in spatial:
-        for sr in o.range_:
-            grid = _BilateralGrid((h, w), (lo, hi), fs * diag, sr, o.cells_per_sigma, o.max_range_cells)
-            at = grid.locate(uv, L)
-            r = prior_w.copy()
-            for _ in range(o.irls_iterations):
-                res = rho - grid.loo_average(at, rho, r, o.prior)
-                r = prior_w * _cauchy(res)
-            err = heldout_loss(res, crit_w)
-            if err < best[0]:
-                best = (err, grid, r)
+        trial(fs, mid)
+    fs_best = min((k for k in tried), key=tried.get)[0]
+    for sr in o.range_:
+        if (fs_best, sr) not in tried:
+            trial(fs_best, sr)
     err, grid, r = best
     if grid is None:
         return None
@@ -399,9 +411,9 @@ class _BilateralGrid:
         ).astype(np.float32)
         grid = grid.reshape(*self.dims, values.shape[1])
         for axis, s in enumerate(self.blur):
-            radius = int(4 * s + 0.5)
+            radius = int(3 * s + 0.5)
             norm = float(np.exp(-0.5 * (np.arange(-radius, radius + 1) / s) ** 2).sum())
-            ndimage.gaussian_filter1d(grid, s, axis=axis, mode="constant", truncate=4.0, output=grid)
+            ndimage.gaussian_filter1d(grid, s, axis=axis, mode="constant", truncate=3.0, output=grid)
             grid *= norm
         return grid
 

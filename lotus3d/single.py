@@ -243,13 +243,16 @@ class _ShiftProblem:
 @dataclass
 class FocalResult:
     """A field of view recovered from the normals and the prediction: ``fov_deg`` (horizontal), its K,
-    the shift found with it, and the normal error at each candidate field of view."""
+    the shift found with it, and the normal error at each candidate field of view. ``determined`` is
+    False (and ``fov_deg`` the default, ``reason`` why) when the normals do not single one out."""
 
     fov_deg: float
     K: np.ndarray
     shift: ShiftResult
     candidates: np.ndarray
     errors: np.ndarray
+    determined: bool = True
+    reason: str = ""
 
 
 def recover_focal(
@@ -259,11 +262,17 @@ def recover_focal(
     mask: np.ndarray | None = None,
     fov_range: tuple[float, float] = (25.0, 100.0),
     samples: int = 16,
+    contrast: float = 1.15,
 ) -> FocalResult:
     """The horizontal field of view (and shift) for which the prediction's depth, back-projected,
     has normals that agree best with the predicted ones: a wrong focal length bends the surfaces
     as a wrong shift does. Coarse search over ``fov_range`` (shift searched at each), then golden
-    section around the best; principal point at the image centre."""
+    section around the best; principal point at the image centre.
+
+    Kept only when determined: its normal error at least ``contrast`` times lower than with the
+    default field of view (:data:`DEFAULT_FOV_DEG`; the errors' floor is the normals' own noise, so
+    the test is relative) and not at an end of the range (where a noisy depth drifts); otherwise
+    the default, and ``reason`` says why."""
     h, w = pred.shape
     fovs = np.linspace(*fov_range, samples)
     coarse = _ShiftProblem(pred, kind, normal, intrinsics_from_fov(w, h, 55.0), mask, (1.0, 2.0, 4.0), 24)
@@ -273,8 +282,16 @@ def recover_focal(
         return coarse.solve(0.5, refine_steps=6).angular_error_deg
 
     fov, errs = _grid_then_golden(err, fovs, 6)
+    reason = ""
+    if min(fov - fovs[0], fovs[-1] - fov) < 0.5 * (fovs[1] - fovs[0]):
+        reason = f"the normals prefer the end of the searched range ({fov:.0f} deg)"
+    elif err(DEFAULT_FOV_DEG) <= contrast * err(fov):
+        reason = f"the default {DEFAULT_FOV_DEG:g} deg agrees with the normals about as well"
+    if reason:
+        fov = DEFAULT_FOV_DEG
     K = intrinsics_from_fov(w, h, fov)
-    return FocalResult(float(fov), K, recover_shift(pred, kind, normal, K, mask), fovs, errs)
+    shift = recover_shift(pred, kind, normal, K, mask)
+    return FocalResult(float(fov), K, shift, fovs, errs, not reason, reason)
 
 
 # ------------------------------------------------------------------------- guarded integration
@@ -367,8 +384,8 @@ def refine_with_normals(
 @dataclass
 class ViewDepth:
     """:func:`reconstruct_depth`'s result: the refined depth (``refined.depth``, up to scale), the
-    prior it started from, the intrinsics used (``fov_deg`` set when estimated), the shift, the
-    convention check, and the pixels kept (``mask``)."""
+    prior it started from, the intrinsics used (``focal`` set when they were estimated), the shift,
+    the convention check, and the pixels kept (``mask``)."""
 
     refined: RefinedDepth
     prior: np.ndarray
@@ -377,7 +394,7 @@ class ViewDepth:
     convention: ConventionResult
     convention_applied: bool
     mask: np.ndarray
-    fov_deg: float | None = None
+    focal: FocalResult | None = None
 
 
 def reconstruct_depth(
@@ -396,10 +413,10 @@ def reconstruct_depth(
     (:func:`refine_with_normals`). Pixels the prior puts beyond ``far_factor`` times its median depth
     (background) leave the mask. Normals in another convention are not integrated unless
     ``auto_convention``."""
-    fov = None
+    focal = None
     if K is None:
         focal = recover_focal(pred, kind, normal, mask)
-        K, shift, fov = focal.K, focal.shift, focal.fov_deg
+        K, shift = focal.K, focal.shift
     else:
         shift = recover_shift(pred, kind, normal, K, mask)
     prior = depth_from_affine(pred, kind, shift.shift)
@@ -419,7 +436,7 @@ def reconstruct_depth(
         refined = RefinedDepth(prior, why, {})
     else:
         refined = refine_with_normals(normal, K, mask, prior, prior_weight=prior_weight)
-    return ViewDepth(refined, prior, K, shift, convention, applied, mask, fov)
+    return ViewDepth(refined, prior, K, shift, convention, applied, mask, focal)
 
 
 # ----------------------------------------------------------------------------- convention check

@@ -114,8 +114,13 @@ def run_single(
     t = time.perf_counter()
     view = single.reconstruct_depth(p, pred.kind, normal, K, mask, prior_weight, auto_convention, far_factor)
     K, shift, convention, refined, mask = view.K, view.shift, view.convention, view.refined, view.mask
-    if view.fov_deg is not None:
-        source = f"estimated from the normals: fov {view.fov_deg:.1f} deg"
+    if view.focal is not None:
+        f = view.focal
+        source = (
+            f"estimated from the normals: fov {f.fov_deg:.1f} deg"
+            if f.determined
+            else (f"fov {f.fov_deg:g} deg (default: {f.reason})")
+        )
     for note in (shift.reason, refined.fallback):
         if note:
             log.warning("%s: %s", image_path.name, note)

