@@ -362,7 +362,7 @@ def refine_with_normals(
         checks["result_vs_normals_deg"] > checks["prior_vs_normals_deg"] + tolerance_deg
     )
     if worse:
-        reason = "the integrated depth does not follow the normals better than the prediction: kept the prediction"
+        reason = "the integrated depth follows the normals less well than the prediction did: kept the prediction"
         return RefinedDepth(prior, reason, checks, res)
     before, after = checks["prior_vs_normals_deg"], checks["result_vs_normals_deg"]
     if before > conflict_deg and after > 0.5 * before:

@@ -114,13 +114,11 @@ def run_single(
     t = time.perf_counter()
     view = single.reconstruct_depth(p, pred.kind, normal, K, mask, prior_weight, auto_convention, far_factor)
     K, shift, convention, refined, mask = view.K, view.shift, view.convention, view.refined, view.mask
-    if view.focal is not None:
-        f = view.focal
-        source = (
-            f"estimated from the normals: fov {f.fov_deg:.1f} deg"
-            if f.determined
-            else (f"fov {f.fov_deg:g} deg (default: {f.reason})")
-        )
+    focal = view.focal
+    if focal is not None and focal.determined:
+        source = f"estimated from the normals: fov {focal.fov_deg:.1f} deg"
+    elif focal is not None:
+        source = f"fov {focal.fov_deg:g} deg (default: {focal.reason})"
     for note in (shift.reason, refined.fallback):
         if note:
             log.warning("%s: %s", image_path.name, note)
