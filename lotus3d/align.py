@@ -312,7 +312,7 @@ def fit_local_correction(
     diag = float(np.hypot(h, w))
     crit_w = None if weights is None else prior_w  # held-out error: each target counts by its weight
     before = heldout_loss(rho, crit_w)
-    best: tuple[float, _BilateralGrid | None, np.ndarray | None] = (before, None, None)
+    best: tuple = (before, None, None, None)  # (loss, grid, its target locations, robust weights)
     widest = max(o.spatial)  # narrow kernels only where the targets are dense enough to fill them
     spatial = [
         fs for fs in o.spatial if fs == widest or n * np.pi * (fs * diag) ** 2 >= o.min_targets_per_kernel * h * w
@@ -329,21 +329,21 @@ def fit_local_correction(
         err = heldout_loss(res, crit_w)
         tried[(fs, sr)] = err
         if err < best[0]:
-            best = (err, grid, r)
+            best = (err, grid, at, r)
 
     # coordinate search: the spatial width at a middle log-depth width, then the log-depth width at it
     tried: dict[tuple[float, float], float] = {}
     mid = o.range_[len(o.range_) // 2]
     for fs in spatial:
         trial(fs, mid)
-    fs_best = min((k for k in tried), key=tried.get)[0]
+    fs_best = min(tried, key=tried.get)[0]
     for sr in o.range_:
         if (fs_best, sr) not in tried:
             trial(fs_best, sr)
-    err, grid, r = best
+    err, grid, at, r = best
     if grid is None:
         return None
-    field = grid.field(logd, uv, L, rho, r, o.prior)
+    field = grid.field(logd, at, rho, r, o.prior)
     return LocalCorrection(field.astype(np.float32), grid.sigma_px, grid.sigma_log, before, err, n)
 
 
@@ -425,11 +425,12 @@ class _BilateralGrid:
         den = np.einsum("nk,nk->n", grid[idx, 1], wts) - self_w * r
         return num / (prior + den)
 
-    def field(self, logd: np.ndarray, uv: np.ndarray, L: np.ndarray, rho, r, prior: float) -> np.ndarray:
-        """(H, W) bilateral average of ``rho`` at every pixel with a finite ``logd`` (0 elsewhere)."""
+    def field(self, logd: np.ndarray, at, rho: np.ndarray, r: np.ndarray, prior: float) -> np.ndarray:
+        """(H, W) bilateral average of ``rho`` with weights ``r`` over the targets located at ``at``
+        (:meth:`locate`), at every pixel with a finite ``logd`` (0 elsewhere)."""
         from scipy import ndimage
 
-        idx, wts, _ = self.locate(uv, L)
+        idx, wts, _ = at
         grid = self._blurred(idx, wts, np.column_stack([r * rho, r]))
         num, den = grid[..., 0], grid[..., 1]
         h, w = logd.shape

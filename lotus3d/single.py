@@ -140,10 +140,14 @@ class ComparisonGrid:
         big = self._blur(np.nan_to_num(b), fraction * min(self.valid.shape))
         return float(np.median(np.abs(big[self.valid]))) if self.valid.any() else 0.0
 
+    def angle_map(self, depth: np.ndarray, normal: np.ndarray) -> np.ndarray:
+        """Per block, the angle (degrees) between normals of a smoothed block ``depth`` and ``normal``."""
+        n_d = depth_to_normals(depth, self.K)
+        return np.degrees(np.arccos(np.clip(np.sum(n_d * normal, -1), -1, 1)))
+
     def angles(self, depth: np.ndarray, normal: np.ndarray, use: np.ndarray) -> np.ndarray:
         """Angles (degrees) between normals of a smoothed block ``depth`` and ``normal`` where ``use``."""
-        n_d = depth_to_normals(depth, self.K)
-        ang = np.degrees(np.arccos(np.clip(np.sum(n_d * normal, -1), -1, 1)))
+        ang = self.angle_map(depth, normal)
         return ang[use & np.isfinite(ang)]
 
     def error(self, levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
@@ -340,11 +344,11 @@ def refine_with_normals(
     checks: dict = {}
     if not levels:
         return RefinedDepth(prior, "too few reliable pixels to compare the normals with the depth", checks)
-    prior_err = [grid.angles(d, n, u) for d, n, u in levels]
+    maps = [(grid.angle_map(d, n), u) for d, n, u in levels]
+    prior_err = [a[u & np.isfinite(a)] for a, u in maps]
     checks["prior_vs_normals_deg"] = round(float(np.median(np.concatenate(prior_err))), 3)
     # per-pixel disagreement at the middle scale, back at full resolution
-    d_mid, n_mid, use_mid = levels[len(levels) // 2]
-    ang = np.degrees(np.arccos(np.clip(np.sum(depth_to_normals(d_mid, grid.K) * n_mid, -1), -1, 1)))
+    ang, use_mid = maps[len(maps) // 2]
     ang = np.where(use_mid & np.isfinite(ang), ang, 0.0)  # only where the comparison is reliable
     big = ndimage.zoom(ang, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
     big = np.pad(big, ((0, mask.shape[0] - big.shape[0]), (0, mask.shape[1] - big.shape[1])), mode="edge")

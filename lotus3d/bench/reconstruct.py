@@ -43,6 +43,11 @@ SCENES = {
 }
 
 
+# depth fused as the cache holds it (exact depth or an oracle fit; the bound), and the naive baseline
+AS_GIVEN = ReconstructConfig(alignment="none", local_alignment=False, consistency=False, refine_rounds=0)
+NAIVE = ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False, refine_rounds=0)
+
+
 def variant_scene(scene: Path, root: Path, name: str) -> Path:
     """A copy of ``scene`` sharing its images, model and GT (links), with its own predictions."""
     v = root / name
@@ -125,22 +130,14 @@ def run(
         print(f"rendering {key}: {views} views 640x480 ({prediction} simulated predictions) ...", flush=True)
         write_scene(scene, preset, views, seed=1, outlier_fraction=0.1, prediction=prediction, extra_mesh=extra_path)
         variants = {
-            "gt-depth": ReconstructConfig(alignment="none", local_alignment=False, consistency=False, refine_rounds=0),
-            "oracle-affine": ReconstructConfig(
-                alignment="none", local_alignment=False, consistency=False, refine_rounds=0
-            ),
-            "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False, refine_rounds=0),
+            "gt-depth": AS_GIVEN,
+            "oracle-affine": AS_GIVEN,
+            "lstsq": NAIVE,
             "ours": ReconstructConfig(),
             **(extra_variants or {}),
         }
         for name, cfg in variants.items():
-            v = variant_scene(scene, out / key, name)
-            if name == "gt-depth":
-                gt_depth_cache(scene, v)
-            elif name == "oracle-affine":
-                oracle_affine_cache(scene, v)
-            else:
-                shutil.copytree(scene / "predictions", v / "predictions")
+            v = _variant_with_cache(scene, out / key, name)
             row = {"scene": key, "views": views, **run_variant(v, name, dataclasses.replace(cfg))}
             rows.append(row)
             print(
@@ -160,9 +157,22 @@ def run(
     return rows
 
 
+def _variant_with_cache(scene: Path, root: Path, name: str) -> Path:
+    """The variant's scene folder (:func:`variant_scene`, under a file-safe name) with its prediction
+    cache: the exact depth for "gt-depth", the oracle affine fit for "oracle-affine", else a copy."""
+    v = variant_scene(scene, root, name.replace(" ", "_").replace(",", ""))
+    if name == "gt-depth":
+        gt_depth_cache(scene, v)
+    elif name == "oracle-affine":
+        oracle_affine_cache(scene, v)
+    else:
+        shutil.copytree(scene / "predictions", v / "predictions")
+    return v
+
+
 FAMILY_VARIANTS = {
-    "gt-depth": ReconstructConfig(alignment="none", local_alignment=False, consistency=False, refine_rounds=0),
-    "lstsq": ReconstructConfig(alignment="lstsq", local_alignment=False, consistency=False, refine_rounds=0),
+    "gt-depth": AS_GIVEN,
+    "lstsq": NAIVE,
     "dense (earlier)": ReconstructConfig(local_method="dense", refine_rounds=0),
     "grid, no refinement": ReconstructConfig(refine_rounds=0),
     "ours": ReconstructConfig(),
@@ -207,11 +217,7 @@ def run_family(
             )
             print(f"{key} / {mode}: {per_view:.0f} points per view, {outliers:.0%} outliers, {info['error_model']}")
             for name, cfg in variants.items():
-                v = variant_scene(scene, out / key / mode, name.replace(" ", "_").replace(",", ""))
-                if name == "gt-depth":
-                    gt_depth_cache(scene, v)
-                else:
-                    shutil.copytree(scene / "predictions", v / "predictions")
+                v = _variant_with_cache(scene, out / key / mode, name)
                 row = {"scene": key, "mode": mode, "points_per_view": per_view, "outliers": outliers}
                 row |= run_variant(v, name, dataclasses.replace(cfg))
                 rows.append(row)
