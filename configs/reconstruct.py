@@ -71,3 +71,12 @@ class ReconstructConfig:
     min_component_fraction: float = setting(0.02, "drop mesh pieces smaller than this fraction of the largest")
     simplify: int = setting(0, "decimate the mesh to this many triangles (0: keep all)")
     formats: str = setting("ply,glb", "mesh formats to write, comma-separated (ply, glb, obj)")
+    # texture
+    texture: bool = setting(
+        True,
+        "bake a UV texture from the photos into the GLB / OBJ (per face the best view, seams levelled); "
+        "the PLY keeps vertex colours",
+    )
+    texture_size: int = setting(
+        4096, "largest texture side in texels: the atlas is as large as the photos' resolution needs, up to this"
+    )

@@ -391,7 +391,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=["predict", "reconstruct", "single", "ray"], help="which stage to benchmark")
+    p.add_argument(
+        "stage", choices=["predict", "reconstruct", "single", "ray", "texture"], help="which stage to benchmark"
+    )
     p.add_argument(
         "--size",
         choices=["sd2", "tiny"],
@@ -434,7 +436,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then ours with a "
-    "depth prior on realistic simulated predictions. 'ray': views per second, local vs a local Ray cluster.",
+    "depth prior on realistic simulated predictions. 'ray': views per second, local vs a local Ray cluster. "
+    "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
@@ -446,6 +449,10 @@ def _bench(args: argparse.Namespace) -> int:
         from lotus3d.bench.ray import run as run_ray
 
         run_ray(out=args.out)
+    elif args.stage == "texture":
+        from lotus3d.bench.texture import run as run_texture
+
+        run_texture(out=args.out)
     elif args.stage == "single":
         from lotus3d.bench.single import run as run_single_bench
 

@@ -14,6 +14,7 @@ import open3d as o3d
 import open3d.core as o3c
 from scipy import ndimage
 
+from .mesh import Mesh, weld
 from .types import Camera
 
 
@@ -108,7 +109,8 @@ class TSDFVolume:
         self.grid.integrate(blocks, dimg, cimg, K, K, T, 1.0, float(depth_max), trunc)
 
     def extract_mesh(self, weight_threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Marching cubes -> (vertices (V, 3), faces (F, 3), colors (V, 3) in [0, 1])."""
+        """Marching cubes -> (vertices (V, 3), faces (F, 3), colors (V, 3) in [0, 1]), vertices welded
+        across the blocks (:func:`lotus3d.mesh.weld`)."""
         if self.num_blocks == 0:
             return np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3))
         mesh = self.grid.extract_triangle_mesh(weight_threshold=float(weight_threshold))
@@ -117,7 +119,8 @@ class TSDFVolume:
         v = mesh.vertex.positions.cpu().numpy().astype(np.float64)
         f = mesh.triangle.indices.cpu().numpy().astype(np.int64)
         c = mesh.vertex.colors.cpu().numpy().astype(np.float64) if "colors" in mesh.vertex else np.zeros_like(v)
-        return v, f, np.clip(c, 0, 1)
+        welded = weld(Mesh(v, f, np.clip(c, 0, 1)))
+        return welded.vertices, welded.faces, welded.colors
 
     @property
     def num_blocks(self) -> int:

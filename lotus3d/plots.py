@@ -103,6 +103,23 @@ def plot_alignment_quality(scene: Scene, factor: float = 3.0):
     return fig
 
 
+def _rgb(colors: np.ndarray) -> list[str]:
+    return [f"rgb({r},{g},{b})" for r, g, b in (np.clip(colors, 0, 1) * 255).astype(int)]
+
+
+def texture_face_colors(textured: Mesh, points: np.ndarray) -> np.ndarray:
+    """(N, 3) colours of the textured mesh at the faces nearest to ``points`` (N, 3), sampled from
+    the texture at those faces' UV centroids (a decimated copy of the mesh shows the texture)."""
+    from scipy.spatial import cKDTree
+
+    from .mesh import sample_bilinear
+
+    _, nearest = cKDTree(textured.vertices[textured.faces].mean(1)).query(points)
+    uv = textured.uv[textured.faces[nearest]].mean(1)
+    h, w = textured.texture.shape[:2]
+    return sample_bilinear(textured.texture, np.column_stack([uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5]))
+
+
 def _frustum(cam, size: float) -> np.ndarray:
     """(5 + 1 gaps) polyline of a camera frustum in world coordinates."""
     w, h = cam.width, cam.height
@@ -115,16 +132,20 @@ def _frustum(cam, size: float) -> np.ndarray:
 
 
 def plot_3d(scene: Scene, max_triangles: int = 150_000, max_points: int = 20_000, factor: float = 3.0):
-    """Interactive plotly figure: the mesh (decimated to ``max_triangles``), camera frustums
-    coloured by alignment quality (red: outlier / excluded), and the sparse points."""
+    """Interactive plotly figure: the mesh (decimated to ``max_triangles``; each face coloured from the
+    baked texture when the GLB has one, else vertex colours), camera frustums coloured by alignment
+    quality (red: outlier / excluded), and the sparse points."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     mesh: Mesh = simplify(scene.mesh, max_triangles)
     v, f = mesh.vertices, mesh.faces
-    colors = None
-    if mesh.colors is not None and len(mesh.colors) == len(v):
-        colors = [f"rgb({r},{g},{b})" for r, g, b in (np.clip(mesh.colors, 0, 1) * 255).astype(int)]
+    colors = face_colors = None
+    textured = scene.textured_mesh
+    if textured is not None and len(f):
+        face_colors = _rgb(texture_face_colors(textured, v[f].mean(1)))
+    elif mesh.colors is not None and len(mesh.colors) == len(v):
+        colors = _rgb(mesh.colors)
     fig.add_trace(
         go.Mesh3d(
             x=v[:, 0],
@@ -134,7 +155,8 @@ def plot_3d(scene: Scene, max_triangles: int = 150_000, max_points: int = 20_000
             j=f[:, 1],
             k=f[:, 2],
             vertexcolor=colors,
-            color=None if colors else "lightgray",
+            facecolor=face_colors,
+            color=None if colors or face_colors else "lightgray",
             name="mesh",
             flatshading=True,
             showlegend=True,

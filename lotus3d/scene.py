@@ -17,7 +17,7 @@ from .align import sample_prediction
 from .cache import PredictionCache
 from .errors import InputError
 from .io import IMAGE_EXTENSIONS, load_image, load_json
-from .mesh import Mesh, load_mesh_geometry
+from .mesh import Mesh, load_mesh_geometry, load_textured_mesh
 from .sfm import SfMModel, read_model
 from .types import Alignment, Camera, Prediction
 
@@ -145,6 +145,12 @@ class Scene:
         if not path.is_file():
             raise InputError(f"{path} is missing: run 'lotus3d reconstruct' to finish the mesh stage")
         return load_mesh_geometry(path)
+
+    @cached_property
+    def textured_mesh(self) -> Mesh | None:
+        """The GLB with its baked texture (``uv``, ``texture`` set), or None without one."""
+        path = self.out / "mesh.glb"
+        return load_textured_mesh(path) if path.is_file() else None
 
     @cached_property
     def prediction_cache(self) -> PredictionCache | None:

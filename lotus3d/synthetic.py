@@ -428,6 +428,14 @@ def preset_meshes(preset: str, seed: int = 0, extra_mesh: str | Path | None = No
     raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
 
 
+WORLD_LIGHT = np.array([0.35, 1.0, 0.25]) / np.linalg.norm([0.35, 1.0, 0.25])  # towards the light, y up
+
+
+def world_light(cam: Camera) -> np.ndarray:
+    """:data:`WORLD_LIGHT` in ``cam``'s frame (the ``light_dir`` of :meth:`Renderer.render`)."""
+    return cam.world_to_camera[:3, :3] @ WORLD_LIGHT
+
+
 def preset_cameras(
     preset: str, meshes: list[TexturedMesh], n: int, width: int, height: int, seed: int = 0
 ) -> list[Camera]:
@@ -449,6 +457,7 @@ def write_scene(
     outlier_fraction: float = 0.05,
     prediction: str = "realistic",
     extra_mesh: str | Path | None = None,
+    light: Literal["camera", "world"] = "camera",
 ) -> dict:
     """Render a preset scene into a folder that ``lotus3d reconstruct`` reads.
 
@@ -456,6 +465,8 @@ def write_scene(
     ``predictions/`` (simulated: ``prediction`` is "realistic", "simple" (:func:`simulate_prediction`)
     or one of :data:`lotus3d.simulate.ERROR_MODES`, its parameters drawn from ``seed``),
     ``gt/mesh.ply``, ``gt/depth/<stem>.npy`` and ``scene.json``. Returns the scene description.
+    ``light``: "camera" shades with a light fixed to each camera (appearance changes from view to
+    view), "world" with one light fixed in the scene (:data:`WORLD_LIGHT`, as in real photos).
     """
     from .cache import CacheMeta, PredictionCache
     from .io import save_image, save_json, save_npy
@@ -467,7 +478,7 @@ def write_scene(
     meshes = preset_meshes(preset, seed, extra_mesh)
     renderer = Renderer(meshes)
     cams = preset_cameras(preset, meshes, n_views, width, height, seed)
-    views = [renderer.render(c) for c in cams]
+    views = [renderer.render(c, world_light(c) if light == "world" else None) for c in cams]
     names = [f"view_{i:03d}.png" for i in range(n_views)]
     for name, v in zip(names, views, strict=True):
         save_image(out / "images" / name, v.image)
@@ -517,6 +528,7 @@ def write_scene(
         "sparse_noise": sparse_noise,
         "outlier_fraction": outlier_fraction,
         "error_model": error_model,
+        "light": light,
         "source_meshes": ["lotus3d/data/spot_cow/cow.obj"] + ([str(extra_mesh)] if extra_mesh else []),
     }
     save_json(out / "scene.json", info)

@@ -2,7 +2,8 @@
 
 Reads top to bottom like the steps it runs. Outputs (the contract other tools rely on)::
 
-    OUT/mesh.ply (+ mesh.glb / mesh.obj)   the mesh, vertex colours, scene units
+    OUT/mesh.ply                           the mesh, vertex colours, scene units
+    OUT/mesh.glb (+ mesh.obj, .mtl, .png)  the same mesh with a UV texture baked from the photos
     OUT/sparse/                            the COLMAP model used (text; pinhole cameras)
     OUT/depth/<stem>.npy                   aligned depth, float32 [H, W], scene units, NaN = none
     OUT/report.json                        per-view alignment, per-stage timings, settings, versions
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lotus3d import align, consistency, fuse, mesh, sfm
+from lotus3d import align, consistency, fuse, mesh, sfm, texture
 from lotus3d.cache import PredictionCache
 from lotus3d.configs import PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
@@ -108,6 +109,7 @@ def reconstruct(
     mesh_paths = [out / f"mesh.{f}" for f in _formats(cfg)]
     fusion: dict = {}
     refinement: list[dict] = []
+    texturing: dict = {}
     if not (state.done("mesh", fuse_fp) and all(p.is_file() for p in mesh_paths)):
         depth_dir = out / "work" / "aligned"
         fused, fusion = _fuse(depth_dir, model, cache, images, alignments, cfg, progress)
@@ -133,15 +135,22 @@ def reconstruct(
         cleaned = mesh.simplify(cleaned, cfg.simplify)
         if cleaned.num_triangles == 0:
             raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
-        for p in mesh_paths:
-            mesh.export_mesh(cleaned, p)
-        fusion["triangles"] = cleaned.num_triangles
         timings["mesh"] = time.perf_counter() - t0
+        # 7. texture atlas from the photos (GLB / OBJ; the PLY keeps vertex colours)
+        textured = cleaned
+        if cfg.texture and any(p.suffix != ".ply" for p in mesh_paths):
+            t0 = time.perf_counter()
+            textured, texturing = _texture(cleaned, model, images, good, cfg, progress)
+            timings["texture"] = time.perf_counter() - t0
+        for p in mesh_paths:
+            mesh.export_mesh(textured, p)
+        fusion["triangles"] = cleaned.num_triangles
         state.mark("mesh", fuse_fp)
     else:
         previous = load_json(out / "report.json") if (out / "report.json").is_file() else {}
         fusion = previous.get("fusion", {})
         refinement = previous.get("refinement", [])
+        texturing = previous.get("texture", {})
         for name, view in previous.get("views", {}).items():
             if name in alignments and view.get("heldout"):
                 alignments[name].heldout = view["heldout"]
@@ -154,12 +163,13 @@ def reconstruct(
         "excluded_views": {n: a.reason for n, a in alignments.items() if not a.ok},
         "fusion": fusion,
         "refinement": refinement,
+        "texture": texturing,
         "heldout": _pooled_heldout(alignments),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "settings": {"reconstruct": to_dict(cfg), "predict": to_dict(predict_cfg)},
         "predictions": cache.read_meta().to_json(),
         "versions": _versions(),
-        "outputs": {"mesh": [p.name for p in mesh_paths], "sparse": "sparse/", "depth": "depth/"},
+        "outputs": {"mesh": _mesh_outputs(out, mesh_paths), "sparse": "sparse/", "depth": "depth/"},
     }
     save_json(out / "report.json", report)
     return ReconstructResult(out, mesh_paths, report, alignments)
@@ -453,6 +463,34 @@ def _fuse(
         "consistency_kept_fraction": kept_fraction,
     }
     return mesh.merge(parts), info
+
+
+def _texture(
+    cleaned: mesh.Mesh,
+    model: sfm.SfMModel,
+    images: dict[str, Path],
+    good: list[str],
+    cfg: ReconstructConfig,
+    progress: bool,
+) -> tuple[mesh.Mesh, dict]:
+    """The mesh with a UV texture baked from the aligned views' undistorted photos, and its statistics."""
+
+    def load(i: int) -> np.ndarray:
+        return sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
+
+    opts = texture.TextureOptions(max_size=cfg.texture_size)
+    result = texture.bake(cleaned, [model.cameras[n] for n in good], load, opts, progress)
+    return result.mesh, result.stats
+
+
+def _mesh_outputs(out: Path, mesh_paths: list[Path]) -> list[str]:
+    """The mesh files written, an OBJ's material and texture included."""
+    names = []
+    for p in mesh_paths:
+        names.append(p.name)
+        if p.suffix == ".obj":
+            names += [q.name for q in (p.with_suffix(".mtl"), p.with_suffix(".png")) if (out / q.name).is_file()]
+    return names
 
 
 def _chunks(model: sfm.SfMModel, n: int) -> list[tuple[int, float, float]]:

@@ -23,7 +23,8 @@ from lotus3d import integrate, single
 from lotus3d.cache import PredictionCache
 from lotus3d.configs import PredictConfig
 from lotus3d.errors import InputError
-from lotus3d.io import atomic_write, load_image, save_image, save_json, save_npy
+from lotus3d.io import load_image, save_image, save_json, save_npy
+from lotus3d.mesh import export_mesh
 from lotus3d.types import Prediction
 
 log = logging.getLogger(__name__)
@@ -177,23 +178,11 @@ def run_single(
 
 
 def _export(mesh: trimesh.Trimesh, out: Path) -> None:
-    fmt = out.suffix.lower().lstrip(".")
-    if fmt == "ply":
+    """GLB / OBJ (+ .mtl, .png) with the projected texture; PLY with the vertex colours."""
+    if out.suffix.lower() == ".ply":
         colors = mesh.metadata.get("vertex_colors")
-        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False)
-        data = plain.export(file_type="ply")
-    elif fmt == "glb":
-        data = mesh.export(file_type="glb")
-    else:
-        from trimesh.exchange.obj import export_obj
-
-        text, files = export_obj(mesh, include_texture=True, return_texture=True, mtl_name=out.stem + ".mtl")
-        for name, blob in files.items():
-            with atomic_write(out.parent / name) as f:
-                f.write(blob)
-        data = text
-    with atomic_write(out, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
+        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False)
+    export_mesh(mesh, out)
 
 
 def _preview(depth: np.ndarray, normal: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import trimesh
 from PIL import Image
 
 from lotus3d.cache import PredictionCache
@@ -112,11 +113,19 @@ def test_outputs_follow_the_contract_and_resume(scene, tmp_path):
     assert set(rep["timings_s"]) >= {"sfm", "predict", "align", "fuse", "mesh"}
     assert rep["settings"]["reconstruct"]["alignment"] == "robust" and "open3d" in rep["versions"]
     assert rep["sfm"]["registered"] == 16 and r.report["aligned_views"] == 16
+    # the GLB carries a UV texture baked from the photos, the PLY vertex colours
+    glb = trimesh.load(out / "mesh.glb", force="mesh", process=False)
+    assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.uv.shape == (len(glb.vertices), 2)
+    assert rep["texture"]["size"] <= 4096 and rep["texture"]["patches"] > 0 and "texture" in rep["timings_s"]
+    assert load_mesh_geometry(out / "mesh.ply").colors is not None
     mtime = (out / "mesh.ply").stat().st_mtime_ns
     again = reconstruct(scene, out, progress=False)
     assert (out / "mesh.ply").stat().st_mtime_ns == mtime and "fuse" not in again.report["timings_s"]
     reconstruct(scene, out, force=True, progress=False)
     assert (out / "mesh.ply").stat().st_mtime_ns != mtime
+    plain = reconstruct(scene, out, cfg=ReconstructConfig(texture=False), progress=False)  # settings changed: redone
+    assert not plain.report["texture"] and "texture" not in plain.report["timings_s"]
+    assert not isinstance(trimesh.load(out / "mesh.glb", force="mesh").visual, trimesh.visual.TextureVisuals)
 
 
 def test_pycolmap_poses_end_to_end(tmp_path):

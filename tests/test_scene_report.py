@@ -80,6 +80,9 @@ def test_plots_return_figures_with_the_data(out):
     f3 = plot_3d(scene, max_triangles=5000)
     kinds = [t.type for t in f3.data]
     assert kinds.count("mesh3d") == 1 and len(f3.data[0].i) <= 5000
+    # its faces take their colours from the baked texture (the GLB), not the vertex colours
+    assert f3.data[0].facecolor is not None and len(f3.data[0].facecolor) == len(f3.data[0].i)
+    assert f3.data[0].vertexcolor is None and scene.textured_mesh.texture.shape[0] >= 128
     frustums = [t for t in f3.data if t.type == "scatter3d" and t.mode == "lines"]
     assert len(frustums) == 10 and sum(t.line.color == "red" for t in frustums) == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -13,3 +14,9 @@ def shared_data() -> Path | None:
             if cand.is_dir():
                 return cand
     return None
+
+
+def write_summary(out: Path, rows: list[dict]) -> None:
+    """The benchmark's rows as ``out/summary.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
