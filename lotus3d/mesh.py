@@ -134,6 +134,12 @@ def sample_bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return out.reshape(rows * cols, -1)[:n]
 
 
+def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear colours (N, 3) of an (H, W, 3) texture at UVs (N, 2) (OpenGL: origin bottom-left)."""
+    h, w = texture.shape[:2]
+    return sample_bilinear(texture, np.column_stack([uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5]))
+
+
 def render_colors(mesh: Mesh, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
     """The mesh's colour seen by ``cam``: (H, W, 3) float32 (bilinear texture lookup when textured,
     else interpolated vertex colours; 0 where no surface) and the z depth (H, W), NaN where none."""
@@ -143,10 +149,7 @@ def render_colors(mesh: Mesh, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
     f = mesh.faces[face[hit]]
     w = np.column_stack([1 - bary[hit].sum(1), bary[hit]])[..., None]  # (N, 3, 1)
     if mesh.textured:
-        uv = (mesh.uv[f] * w).sum(1)
-        th, tw = mesh.texture.shape[:2]
-        xy = np.column_stack([uv[:, 0] * tw - 0.5, (1 - uv[:, 1]) * th - 0.5]).astype(np.float32)
-        image[hit] = sample_bilinear(mesh.texture, xy)
+        image[hit] = sample_texture(mesh.texture, (mesh.uv[f] * w).sum(1))
     elif mesh.colors is not None:
         image[hit] = (mesh.colors[f] * w).sum(1)
     return image, depth

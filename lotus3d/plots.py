@@ -112,12 +112,10 @@ def texture_face_colors(textured: Mesh, points: np.ndarray) -> np.ndarray:
     the texture at those faces' UV centroids (a decimated copy of the mesh shows the texture)."""
     from scipy.spatial import cKDTree
 
-    from .mesh import sample_bilinear
+    from .mesh import sample_texture
 
     _, nearest = cKDTree(textured.vertices[textured.faces].mean(1)).query(points)
-    uv = textured.uv[textured.faces[nearest]].mean(1)
-    h, w = textured.texture.shape[:2]
-    return sample_bilinear(textured.texture, np.column_stack([uv[:, 0] * w - 0.5, (1 - uv[:, 1]) * h - 0.5]))
+    return sample_texture(textured.texture, textured.uv[textured.faces[nearest]].mean(1))
 
 
 def _frustum(cam, size: float) -> np.ndarray:
