@@ -1,7 +1,8 @@
 """Typed settings for the pipelines: dataclasses with defaults that work, loadable from YAML."""
 
 from .base import add_arguments, from_args, load_yaml, to_dict
+from .frames import FramesConfig
 from .predict import PredictConfig
 from .reconstruct import ReconstructConfig
 
-__all__ = ["PredictConfig", "ReconstructConfig", "add_arguments", "from_args", "load_yaml", "to_dict"]
+__all__ = ["FramesConfig", "PredictConfig", "ReconstructConfig", "add_arguments", "from_args", "load_yaml", "to_dict"]

@@ -15,10 +15,14 @@ class ReconstructConfig:
         None, "existing COLMAP model folder (text or binary); default SCENE/sparse/0 if present, else run SfM"
     )
     matcher: Literal["auto", "exhaustive", "sequential"] = setting(
-        "auto", "SfM matching: exhaustive for up to 60 images, sequential (ordered frames) beyond"
+        "auto",
+        "SfM matching: exhaustive for up to 60 images, sequential (ordered frames, with loop closure) beyond "
+        "and for video frames",
     )
     camera_mode: Literal["auto", "single", "per_image"] = setting(
-        "auto", "SfM cameras: auto shares one per image size and EXIF focal; per_image for mixed cameras"
+        "auto",
+        "SfM cameras: auto shares one per image size and EXIF focal (one for all frames of a video); "
+        "per_image for mixed cameras",
     )
     sfm_max_image_size: int = setting(1600, "longest edge SIFT sees, in pixels")
     mapper: Literal["incremental", "global"] = setting(

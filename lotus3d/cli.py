@@ -94,15 +94,22 @@ def _predict(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------- reconstruct
 def _reconstruct_args(p: argparse.ArgumentParser) -> None:
-    from lotus3d.configs import PredictConfig, ReconstructConfig, add_arguments
+    from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, add_arguments
 
-    p.add_argument("scene", type=Path, help="scene folder: photos in SCENE/images (or SCENE itself)")
+    p.add_argument(
+        "scene",
+        type=Path,
+        help="scene folder (photos in SCENE/images, or SCENE itself), or a video (CLIP.mp4: keyframes go to CLIP/)",
+    )
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: SCENE/lotus3d)")
     p.add_argument("--force", action="store_true", help="redo every stage instead of resuming")
-    p.add_argument("--config", type=Path, default=None, help="YAML file with 'reconstruct:' / 'predict:' sections")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML file with 'reconstruct:' / 'predict:' / 'frames:' sections"
+    )
     _ray_arg(p)
     add_arguments(p, ReconstructConfig)
     add_arguments(p, PredictConfig)
+    add_arguments(p, FramesConfig)
 
 
 @command(
@@ -113,16 +120,18 @@ def _reconstruct_args(p: argparse.ArgumentParser) -> None:
         "SfM; Lotus predictions from SCENE/predictions (missing views are predicted); each view's prediction "
         "aligned to the sparse points with a robust scale and shift; views fused into a TSDF; meshed. Writes "
         "OUT/mesh.ply (+ mesh.glb), OUT/sparse/, OUT/depth/<stem>.npy and OUT/report.json. A re-run resumes "
-        "finished stages."
+        "finished stages. Given a video, its keyframes are picked first (as 'lotus3d frames') and matched in "
+        "capture order with loop closure."
     ),
 )
 @arguments(_reconstruct_args)
 def _reconstruct(args: argparse.Namespace) -> int:
-    from lotus3d.configs import PredictConfig, ReconstructConfig, from_args, load_yaml
+    from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, from_args, load_yaml
     from lotus3d.pipelines.reconstruct import reconstruct
 
     rbase = load_yaml(ReconstructConfig, args.config, "reconstruct") if args.config else None
     pbase = load_yaml(PredictConfig, args.config, "predict") if args.config else None
+    fbase = load_yaml(FramesConfig, args.config, "frames") if args.config else None
     result = reconstruct(
         args.scene,
         args.out,
@@ -130,8 +139,12 @@ def _reconstruct(args: argparse.Namespace) -> int:
         from_args(PredictConfig, args, pbase),
         force=args.force,
         ray_address=args.ray,
+        frames_cfg=from_args(FramesConfig, args, fbase),
     )
     r = result.report
+    if r.get("video"):
+        v = r["video"]
+        print(f"video: {v['picked']} keyframes of {v['decoded_frames']} frames ({v['blurred']} blurred or blank)")
     print(
         f"registered {r['sfm'].get('registered')}/{r['sfm'].get('total')} images; aligned {r['aligned_views']} "
         f"view(s), excluded {len(r['excluded_views'])}"
@@ -142,6 +155,44 @@ def _reconstruct(args: argparse.Namespace) -> int:
         print(f"  not registered: {name}")
     print(f"mesh: {', '.join(str(p) for p in result.mesh_paths)} ({r['fusion'].get('triangles')} triangles)")
     print(f"report: {result.out / 'report.json'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- frames
+def _frames_args(p: argparse.ArgumentParser) -> None:
+    from lotus3d.configs import FramesConfig, add_arguments
+
+    p.add_argument("video", type=Path, help="video file (mp4, mov, webm, mkv, avi; rotation metadata applied)")
+    p.add_argument("-o", "--out", type=Path, default=None, help="scene folder to write (default: VIDEO without suffix)")
+    p.add_argument("--force", action="store_true", help="pick again even if OUT/frames.json matches")
+    add_arguments(p, FramesConfig)
+
+
+@command(
+    "frames",
+    help="video -> keyframes for 'reconstruct' (blurred frames dropped, spacing by camera motion)",
+    description=(
+        "Decode VIDEO once, scoring each frame's sharpness against its neighbours and tracking features from "
+        "frame to frame; pick sharp keyframes spaced by camera motion (enough overlap for SfM, enough parallax "
+        "for depth), between --min-frames and --max-frames. Writes OUT/images/frame_<index>.jpg and "
+        "OUT/frames.json (each keyframe's source index, time and sharpness; every frame's scores). "
+        "'lotus3d reconstruct OUT' then reconstructs them; 'lotus3d reconstruct VIDEO' does both."
+    ),
+)
+@arguments(_frames_args)
+def _frames(args: argparse.Namespace) -> int:
+    from lotus3d.configs import FramesConfig, from_args
+    from lotus3d.pipelines.frames import extract_frames
+
+    out = args.out or args.video.with_suffix("")
+    r = extract_frames(args.video, out, from_args(FramesConfig, args), force=args.force)
+    rep = r.report
+    state = "reused" if r.reused else f"{rep['seconds']['score'] + rep['seconds']['write']:.1f} s"
+    print(
+        f"{len(r.names)} keyframes of {rep['decoded_frames']} frames ({len(rep['blurred'])} blurred or blank; "
+        f"{state}) -> {out / 'images'}"
+    )
+    print(f"record: {out / 'frames.json'}; next: lotus3d reconstruct {out}")
     return 0
 
 
@@ -392,7 +443,9 @@ def _eval(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------- bench
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "stage", choices=["predict", "reconstruct", "single", "ray", "texture"], help="which stage to benchmark"
+        "stage",
+        choices=["predict", "reconstruct", "single", "ray", "texture", "video"],
+        help="which stage to benchmark",
     )
     p.add_argument(
         "--size",
@@ -437,7 +490,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then ours with a "
     "depth prior on realistic simulated predictions. 'ray': views per second, local vs a local Ray cluster. "
-    "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras.",
+    "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras. "
+    "'video': keyframes picked from rendered walk-around clips vs as many ideal photos, same pipeline.",
 )
 @arguments(_bench_args)
 def _bench(args: argparse.Namespace) -> int:
@@ -453,6 +507,10 @@ def _bench(args: argparse.Namespace) -> int:
         from lotus3d.bench.texture import run as run_texture
 
         run_texture(out=args.out)
+    elif args.stage == "video":
+        from lotus3d.bench.video import run as run_video
+
+        run_video(out=args.out)
     elif args.stage == "single":
         from lotus3d.bench.single import run as run_single_bench
 

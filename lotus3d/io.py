@@ -90,14 +90,15 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def save_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, atomically (format from suffix)."""
+def save_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    """Write an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, atomically (format from suffix;
+    ``quality`` for JPEG)."""
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     suffix = Path(path).suffix.lower().lstrip(".") or "png"
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF", "tiff": "TIFF"}.get(suffix, suffix.upper())
     with atomic_write(path) as f:
-        Image.fromarray(image).save(f, format=fmt)
+        Image.fromarray(image).save(f, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
 
 
 # ----------------------------------------------------------------------------------- reading images

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .align import sample_prediction
+from .io import load_image
 from .mesh import Mesh, simplify
 from .scene import Scene, View
 
@@ -20,6 +21,37 @@ def _mpl():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_frames(scene: Scene, thumbnails: int = 10):
+    """A video scene's keyframe selection: a strip of picked frames (evenly chosen among them) above
+    every frame's sharpness, blurred frames marked, picked frames highlighted. None without a video."""
+    frames = scene.frames
+    if not frames:
+        return None
+    plt = _mpl()
+    picked = frames["picked"]
+    per = frames["per_frame"]
+    shown = [picked[int(i)] for i in np.linspace(0, len(picked) - 1, min(thumbnails, len(picked)))]
+    fig = plt.figure(figsize=(16, 4.6), constrained_layout=True)
+    grid = fig.add_gridspec(2, len(shown), height_ratios=[1, 1.3])
+    for k, p in enumerate(shown):
+        ax = fig.add_subplot(grid[0, k])
+        ax.imshow(load_image(scene.image_path(p["name"])))
+        ax.set_title(f"#{p['index']} ({p['time_s']:.1f} s)", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    t = np.arange(len(per["sharpness"]))
+    sharp = np.asarray(per["sharpness"], float)
+    ax.plot(t, sharp, color="0.4", lw=1, label="sharpness")
+    blurred = np.asarray(frames["blurred"], int)
+    ax.scatter(blurred, sharp[blurred], marker="x", color="tab:red", s=18, label=f"dropped ({len(blurred)})")
+    idx = np.array([p["index"] for p in picked], int)
+    ax.scatter(idx, sharp[idx], color="tab:green", s=14, zorder=3, label=f"picked ({len(idx)})")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("variance of the Laplacian")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
 
 
 def plot_view(view: View):

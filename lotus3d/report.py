@@ -47,7 +47,7 @@ def write_report(out: str | Path, max_views: int = 60, max_triangles: int = 40_0
 
     With more than ``max_views`` views, the panels show the worst ``max_views`` by quality.
     """
-    from .plots import plot_3d, plot_alignment, plot_alignment_quality, plot_view
+    from .plots import plot_3d, plot_alignment, plot_alignment_quality, plot_frames, plot_view
 
     scene = Scene.load(out)
     views = sorted(scene.views.values(), key=lambda v: -v.quality if v.quality == v.quality else -1e9)
@@ -62,6 +62,15 @@ def write_report(out: str | Path, max_views: int = 60, max_triangles: int = 40_0
     fig3d = plot_3d(scene, max_triangles=max_triangles).to_html(full_html=False, include_plotlyjs=True)
     rep = scene.report
     fusion = rep.get("fusion", {})
+    video = ""
+    frames_fig = plot_frames(scene)
+    if frames_fig is not None:
+        fr = scene.frames
+        video = (
+            f"<h2>Video</h2><p>{html.escape(str(fr.get('video')))}: {len(fr['picked'])} keyframes picked of "
+            f"{fr['decoded_frames']} frames; {len(fr['blurred'])} dropped as blurred or blank.</p>"
+            f'<img alt="keyframes" src="{_png(frames_fig)}">'
+        )
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lotus3d report: {html.escape(str(scene.out))}</title>
 <style>
@@ -75,6 +84,7 @@ section.view img {{ max-width: 100%; margin-right: 1em; vertical-align: top; }}
 images registered, {rep.get("aligned_views")} aligned, {len(rep.get("excluded_views", {}))} excluded;
 mesh with {fusion.get("triangles")} triangles (voxel {fusion.get("voxel_size", 0):.4g}).
 Predictions: {html.escape(str(rep.get("predictions", {}).get("depth", {})))}.</p>
+{video}
 <h2>3D view</h2>
 {fig3d}
 <h2>Alignment quality</h2>

@@ -153,6 +153,12 @@ class Scene:
         return load_textured_mesh(path) if path.is_file() else None
 
     @cached_property
+    def frames(self) -> dict | None:
+        """The scene's ``frames.json`` when its photos were picked from a video, else None."""
+        path = self.scene_dir / "frames.json"
+        return load_json(path) if path.is_file() else None
+
+    @cached_property
     def prediction_cache(self) -> PredictionCache | None:
         cache = PredictionCache(self.scene_dir / "predictions")
         return cache if cache.exists() else None

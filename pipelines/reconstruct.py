@@ -1,4 +1,4 @@
-"""Photos -> coloured mesh: poses, predictions, per-view alignment, TSDF fusion, mesh.
+"""Photos (or a video) -> coloured mesh: poses, predictions, per-view alignment, TSDF fusion, mesh.
 
 Reads top to bottom like the steps it runs. Outputs (the contract other tools rely on)::
 
@@ -27,11 +27,13 @@ from tqdm.auto import tqdm
 
 from lotus3d import align, consistency, fuse, mesh, sfm, texture
 from lotus3d.cache import PredictionCache
-from lotus3d.configs import PredictConfig, ReconstructConfig, to_dict
+from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
 from lotus3d.io import image_size, list_images, load_image, load_json, save_json, save_npy
+from lotus3d.pipelines.frames import FRAMES_JSON, extract_frames
 from lotus3d.pipelines.predict import predict_scene, scene_images_dir
 from lotus3d.types import Alignment, Camera
+from lotus3d.video import is_video
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +73,31 @@ def reconstruct(
     force: bool = False,
     progress: bool = True,
     ray_address: str | None = None,
+    frames_cfg: FramesConfig | None = None,
 ) -> ReconstructResult:
-    """Reconstruct ``scene`` (photos in SCENE/images or SCENE) into ``out`` (default SCENE/lotus3d)."""
+    """Reconstruct ``scene`` (photos in SCENE/images or SCENE) into ``out`` (default SCENE/lotus3d).
+
+    ``scene`` may be a video file: its keyframes are first extracted into the folder of the same
+    name without the suffix (``clip.mp4`` -> ``clip/images``, see :func:`extract_frames`).
+    """
     cfg = cfg or ReconstructConfig()
     predict_cfg = predict_cfg or PredictConfig()
     scene = Path(scene)
+    # 0. a video: keyframes into SCENE/images
+    video: dict = {}
+    if is_video(scene):
+        t0 = time.perf_counter()
+        frames = extract_frames(scene, scene.with_suffix(""), frames_cfg, progress, force)
+        scene = frames.scene
+        video = _video_summary(frames.report, time.perf_counter() - t0)
+    elif (scene / FRAMES_JSON).is_file():
+        video = _video_summary(load_json(scene / FRAMES_JSON), None)
     if not scene.is_dir():
         raise InputError(f"scene folder not found: {scene}")
     out = Path(out) if out else scene / "lotus3d"
     out.mkdir(parents=True, exist_ok=True)
     state = _State(out, force)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"frames": video["seconds"]} if video.get("seconds") is not None else {}
     images = {p.name: p for p in list_images(scene_images_dir(scene))}
 
     # 1. poses and sparse points
@@ -157,6 +173,7 @@ def reconstruct(
 
     report = {
         "scene": str(scene),
+        "video": video,
         "sfm": sfm_report,
         "views": {n: _alignment_json(a) for n, a in alignments.items()},
         "aligned_views": len(good),
@@ -195,11 +212,12 @@ def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConf
             "unregistered": sorted(set(images) - set(model.cameras)),
         }
     else:
+        video = (scene / FRAMES_JSON).is_file()  # video frames: one camera, in capture order
         model, report = sfm.run_sfm(
             scene_images_dir(scene),
             out / "work" / "colmap",
-            cfg.matcher,
-            cfg.camera_mode,
+            "sequential" if video and cfg.matcher == "auto" else cfg.matcher,
+            "single" if video and cfg.camera_mode == "auto" else cfg.camera_mode,
             cfg.sfm_max_image_size,
             mapper=cfg.mapper,
         )
@@ -210,6 +228,19 @@ def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConf
     sfm.write_model_text(model, out / "sparse")
     state.mark("sfm", fp)
     return model, report
+
+
+def _video_summary(frames: dict, seconds: float | None) -> dict:
+    """What report.json says about the video a scene's frames came from (frames.json has the rest)."""
+    return {
+        "video": frames.get("video"),
+        "decoded_frames": frames.get("decoded_frames"),
+        "picked": len(frames.get("picked", [])),
+        "blurred": len(frames.get("blurred", [])),
+        "tracking_lost": frames.get("tracking_lost"),
+        "frames_json": FRAMES_JSON,
+        "seconds": None if seconds is None else round(seconds, 3),
+    }
 
 
 def _check_sizes(model: sfm.SfMModel, images: dict[str, Path]) -> None:
