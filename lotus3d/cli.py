@@ -373,6 +373,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- app
+def _app_args(p: argparse.ArgumentParser) -> None:
+    from lotus3d.configs import PredictConfig, add_arguments
+
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--max-upload-mb", type=int, default=200, help="largest upload, per file, in MB (default: 200)")
+    p.add_argument("--max-photos", type=int, default=150, help="most photos in one scene (default: 150)")
+    add_arguments(p, PredictConfig)
+
+
+@command(
+    "app",
+    help="a web page: photo(s) or a video in, interactive 3D out (Gradio; pip install 'lotus3d[app]')",
+    description=(
+        "Serve the lotus3d web app: a Single image tab (photo -> depth, normals, textured mesh, downloads; API "
+        "endpoint /single) and a Scene tab (photos, a video or a zipped scene folder -> reconstruction; /scene). "
+        "Without Lotus weights the demo scene runs with simulated predictions; --model / --normal-model point "
+        "at local checkpoints. Jobs run one at a time; uploads are checked and kept in per-session temporary "
+        "folders, removed when the session ends and when the server stops."
+    ),
+)
+@arguments(_app_args)
+def _app(args: argparse.Namespace) -> int:
+    from lotus3d.configs import PredictConfig, from_args
+    from lotus3d.errors import InputError
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InputError("the app needs Gradio: pip install 'lotus3d[app]'") from None
+    from lotus3d.app import AppLimits, serve
+
+    limits = AppLimits(args.max_upload_mb, max_photos=args.max_photos)
+    serve(from_args(PredictConfig, args), args.host, args.port, limits)
+    return 0
+
+
 # ------------------------------------------------------------------------------------- report
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="reconstruction folder (SCENE/lotus3d) or the scene folder")

@@ -188,6 +188,8 @@ def _grid_then_golden(f, grid: np.ndarray, steps: int) -> tuple[float, np.ndarra
     """Minimise ``f`` over sorted ``grid`` values, then by golden section between the best one's
     neighbours; returns (the minimiser, f on the grid)."""
     values = np.array([f(x) for x in grid])
+    if not np.isfinite(values).any():  # nothing to compare (no usable pixels): no minimiser
+        return float("nan"), values
     i = int(np.nanargmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     for _ in range(steps):
@@ -287,7 +289,9 @@ def recover_focal(
 
     fov, errs = _grid_then_golden(err, fovs, 6)
     reason = ""
-    if min(fov - fovs[0], fovs[-1] - fov) < 0.5 * (fovs[1] - fovs[0]):
+    if not np.isfinite(fov):
+        reason = "the normals and the prediction give nothing to compare at any field of view"
+    elif min(fov - fovs[0], fovs[-1] - fov) < 0.5 * (fovs[1] - fovs[0]):
         reason = f"the normals prefer the end of the searched range ({fov:.0f} deg)"
     elif err(DEFAULT_FOV_DEG) <= contrast * err(fov):
         reason = f"the default {DEFAULT_FOV_DEG:g} deg agrees with the normals about as well"

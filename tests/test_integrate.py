@@ -456,6 +456,19 @@ def test_guarded_integration_improves_a_noisy_prior_and_falls_back_on_wrong_norm
         assert bad.depth is prior  # the prediction itself, said so
 
 
+def test_focal_recovery_on_unrelated_noise_keeps_the_default_and_says_why():
+    """Depth and normals with nothing in common (what a random-initialised model gives): no crash,
+    the default field of view, undetermined, with the reason."""
+    from lotus3d.single import DEFAULT_FOV_DEG, recover_focal
+
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(0.05, 0.9, (96, 128)).astype(np.float32)
+    normal = rng.normal(size=(96, 128, 3))
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    r = recover_focal(pred, "disparity", normal.astype(np.float32))
+    assert r.fov_deg == DEFAULT_FOV_DEG and not r.determined and "nothing to compare" in r.reason
+
+
 def test_focal_length_is_recovered_from_the_normals_of_a_rendered_view(shared_data):
     from lotus3d import synthetic
     from lotus3d.single import recover_focal

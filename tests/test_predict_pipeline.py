@@ -136,8 +136,28 @@ def test_cli_yaml_config_and_overrides(tmp_path, tiny_models):
     assert meta["depth"]["kind"] == "depth" and meta["normal"] is None
 
 
-def test_help_lists_subcommands(capsys):
+def test_help_lists_and_explains_every_subcommand(capsys):
+    from lotus3d.cli import _COMMANDS
+
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    assert "predict" in capsys.readouterr().out
+    top = capsys.readouterr().out
+    key_options = {
+        "predict": ["--model", "--normal-model", "--processing-res"],
+        "reconstruct": ["--colmap", "--texture-size", "--max-frames", "--matcher"],
+        "frames": ["--max-frames", "--min-frames", "--blur-ratio", "--step"],
+        "single": ["--fov", "--predictions", "--simplify"],
+        "app": ["--host", "--port", "--model", "--max-upload-mb"],
+        "demo": ["--views", "--simulated"],
+        "bench": ["--family", "--repeats"],
+    }
+    for name in _COMMANDS:
+        assert f"    {name} " in top or f"    {name}\n" in top, name
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: lotus3d {name}")
+        for option in key_options.get(name, []):
+            assert option in text, (name, option)
