@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .configs import FramesConfig, PredictConfig, ReconstructConfig
+from .configs import FramesConfig, PredictConfig, ReconstructConfig, SingleConfig
 from .errors import InputError, Lotus3DError
 from .io import IMAGE_EXTENSIONS, load_image, save_image
 from .video import VIDEO_EXTENSIONS
@@ -197,13 +197,8 @@ def single_job(
     cache = PredictionCache(folder / "predictions")
     cache.write_meta(CacheMeta(pred.kind, str(models.pcfg.depth_model), str(models.pcfg.normal_model)))
     cache.write(photo.stem, pred)
-    result = run_single(
-        photo,
-        folder / "mesh.glb",
-        predictions=folder / "predictions",
-        fov_deg=fov_deg if fov_deg and fov_deg > 0 else None,
-        simplify=int(simplify),
-    )
+    cfg = SingleConfig(fov=fov_deg if fov_deg and fov_deg > 0 else None, simplify=int(simplify))
+    result = run_single(photo, folder / "mesh.glb", cfg, predictions=folder / "predictions")
     import trimesh
 
     textured = trimesh.load(result.mesh, force="mesh", process=False)
@@ -290,7 +285,8 @@ def demo_job(folder: Path) -> SceneOutputs:
 
 def example_image(root: Path) -> Path:
     """A photo-like example for the Single tab: one view of the bundled demo scene, rendered once."""
-    from .synthetic import Renderer, preset_cameras, preset_meshes, world_light
+    from .scenes import preset_cameras, preset_meshes, world_light
+    from .synthetic import Renderer
 
     path = root / "examples" / "spot_cow.png"
     if not path.is_file():

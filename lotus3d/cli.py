@@ -198,7 +198,7 @@ def _frames(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- single
 def _single_args(p: argparse.ArgumentParser) -> None:
-    from lotus3d.configs import PredictConfig, add_arguments
+    from lotus3d.configs import PredictConfig, SingleConfig, add_arguments
 
     p.add_argument("image", type=Path, help="the photo")
     p.add_argument(
@@ -214,44 +214,8 @@ def _single_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="prediction cache folder (meta.json, depth/, normal/) instead of running Lotus",
     )
-    cam = p.add_mutually_exclusive_group()
-    cam.add_argument(
-        "--fov",
-        type=float,
-        default=None,
-        help="horizontal field of view in degrees (default: EXIF focal length, else estimated from the normals)",
-    )
-    cam.add_argument("--K", dest="K", type=Path, default=None, help="3x3 intrinsics in pixels, a text file")
-    p.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="median depth of the result, e.g. in metres if known (default: 1, relative units)",
-    )
-    p.add_argument(
-        "--auto-convention",
-        action="store_true",
-        help="apply the normal sign convention that agrees with the depth prior, if not the expected one",
-    )
-    p.add_argument(
-        "--prior-weight",
-        type=float,
-        default=1e-3,
-        help="weight of the depth prior against the normals (default: 1e-3; smaller trusts the normals further)",
-    )
-    p.add_argument(
-        "--sky-threshold",
-        type=float,
-        default=0.01,
-        help="disparity below this (0..1) is sky / background and not meshed (default: 0.01)",
-    )
-    p.add_argument(
-        "--simplify",
-        type=int,
-        default=0,
-        metavar="TRIANGLES",
-        help="decimate the mesh to at most this many triangles (quadric; texture kept; default 0: two per pixel)",
-    )
+    p.add_argument("--config", type=Path, default=None, help="YAML file with 'single:' / 'predict:' sections")
+    add_arguments(p, SingleConfig)
     add_arguments(p, PredictConfig)
 
 
@@ -267,23 +231,13 @@ def _single_args(p: argparse.ArgumentParser) -> None:
 )
 @arguments(_single_args)
 def _single(args: argparse.Namespace) -> int:
-    from lotus3d.configs import PredictConfig, from_args
-    from lotus3d.pipelines.single import read_K, run_single
+    from lotus3d.configs import PredictConfig, SingleConfig, from_args, load_yaml
+    from lotus3d.pipelines.single import run_single
 
-    K = read_K(args.K) if args.K else None
-    r = run_single(
-        args.image,
-        args.out,
-        args.predictions,
-        K,
-        args.fov,
-        args.scale,
-        args.auto_convention,
-        args.prior_weight,
-        args.sky_threshold,
-        from_args(PredictConfig, args),
-        simplify=args.simplify,
-    )
+    sbase = load_yaml(SingleConfig, args.config, "single") if args.config else None
+    pbase = load_yaml(PredictConfig, args.config, "predict") if args.config else None
+    cfg, pcfg = from_args(SingleConfig, args, sbase), from_args(PredictConfig, args, pbase)
+    r = run_single(args.image, args.out, cfg, pcfg, args.predictions)
     rep = r.report
     print(f"mesh: {r.mesh} ({rep['triangles']} triangles); depth: {r.depth}; preview: {r.preview}")
     how = "" if rep["shift_determined"] else f" ({rep['shift_note']})"
@@ -371,6 +325,72 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print(f"done in {r.seconds:.1f} s")
     return 0
+
+
+# ------------------------------------------------------------------------------------- doctor
+@command(
+    "doctor",
+    help="what this installation has: torch build and device, libraries, extras, Lotus weights found",
+    description=(
+        "Print the versions lotus3d runs with (Python, torch and its build, the device 'auto' picks, open3d, "
+        "pycolmap, PyAV, diffusers), which optional extras are installed (plots, app, ray), and whether the default "
+        "Lotus checkpoints are in the Hugging Face cache (nothing is downloaded). Exit code 1 when a required "
+        "library does not import."
+    ),
+)
+def _doctor(args: argparse.Namespace) -> int:
+    import importlib
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    ok = True
+    print(f"lotus3d {_version()} on Python {platform.python_version()} ({platform.system()} {platform.machine()})")
+    try:
+        import torch
+
+        cuda = torch.version.cuda
+        build = f"CUDA {cuda}" if cuda else "CPU"
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        threads = torch.get_num_threads()
+        print(f"torch {torch.__version__} ({build} build); device 'auto' -> {device}; {threads} threads")
+    except ImportError as e:
+        ok = False
+        print(f"torch: MISSING ({e})")
+    for name, module in (
+        ("open3d", "open3d"),
+        ("pycolmap", "pycolmap"),
+        ("av", "av"),
+        ("diffusers", "diffusers"),
+        ("numba", "numba"),
+    ):
+        try:
+            importlib.import_module(module)
+            print(f"{name} {ver(name) or '?'}")
+        except Exception as e:  # an import can fail for reasons other than absence (libusb for open3d)
+            ok = False
+            print(f"{name}: FAILS TO IMPORT ({e})")
+    extras = {"plots": ("matplotlib", "plotly", "pandas"), "app": ("gradio",), "ray": ("ray",)}
+    for extra, dists in extras.items():
+        found = [f"{d} {ver(d)}" for d in dists if ver(d)]
+        state = ", ".join(found) if len(found) == len(dists) else f"not installed (pip install 'lotus3d[{extra}]')"
+        print(f"extra '{extra}': {state}")
+    from lotus3d.configs import PredictConfig
+    from lotus3d.errors import ModelError
+    from lotus3d.predict import resolve_checkpoint
+
+    cfg = PredictConfig()
+    for model in (cfg.depth_model, cfg.normal_model):
+        try:
+            print(f"weights {model}: {resolve_checkpoint(model, local_files_only=True)}")
+        except ModelError:
+            print(f"weights {model}: not in the cache (downloaded on first use when online; or --model PATH)")
+    return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------------------------- app
@@ -585,7 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="3D reconstruction with Lotus depth and normals: photos in, coloured mesh out.",
         epilog="Run 'lotus3d COMMAND --help' for a command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output: -v progress notes, -vv debug"
+    )
+    parser.add_argument("--version", action="version", version=f"lotus3d {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (fn, add, help_text, description) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=description)
@@ -594,11 +617,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lotus3d")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2) + (0 if args.verbose else 10),
+        level=logging.WARNING - 10 * min(args.verbose, 2),  # warnings by default; -v info, -vv debug
         format="%(levelname)s %(name)s: %(message)s",
     )
     _quiet_libraries()

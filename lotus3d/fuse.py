@@ -74,7 +74,7 @@ def depth_edges(depth: np.ndarray, threshold: float) -> np.ndarray:
 @dataclass
 class TSDFOptions:
     voxel_size: float
-    trunc_voxels: float = 4.0  # truncation distance in voxels
+    trunc_voxels: float  # truncation distance in voxels (default: ReconstructConfig.trunc_voxels)
     block_resolution: int = 8
     device: str = "CPU:0"
 

@@ -1,6 +1,6 @@
 """Lotus inference: affine-invariant depth (or disparity) and surface normals from one image.
 
-The computation follows the official Lotus pipeline step by step (``shared/docs/lotus-model-facts.md``):
+The computation follows the official Lotus pipeline step by step (``docs/inference.md``):
 
 1. RGB in [0, 1] -> [-1, 1]; resize so the longest edge is ``processing_res`` (bilinear, antialias).
 2. ``z = vae.encode(x).latent_dist.sample() * scaling_factor`` (``latent="mode"`` takes the mean).
@@ -33,13 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .configs import PredictConfig
 from .errors import ModelError
 from .types import DepthKind, Prediction
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEPTH_MODEL = "jingheya/lotus-depth-g-v2-1-disparity"
-DEFAULT_NORMAL_MODEL = "jingheya/lotus-normal-g-v1-1"
 OFFICIAL_CHECKPOINTS = {
     "jingheya/lotus-depth-g-v2-1-disparity": ("depth", "disparity"),
     "jingheya/lotus-depth-d-v2-0-disparity": ("depth", "disparity"),
@@ -354,14 +353,23 @@ def opencv_normals_to_lotus(n: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- predictor
+_DEFAULTS = PredictConfig()  # the defaults live in configs/predict.py (their help text too)
+
+
 @dataclass
 class PredictorOptions:
-    processing_res: int = 768
-    latent: Literal["sample", "mode"] = "sample"
-    resize_back: Literal["nearest", "bilinear"] = "nearest"
-    seed: int = 42
-    batch_size: int = 1
-    share_encode: bool = True
+    """What changes a prediction besides the checkpoints (see :class:`lotus3d.configs.PredictConfig`)."""
+
+    processing_res: int = _DEFAULTS.processing_res
+    latent: Literal["sample", "mode"] = _DEFAULTS.latent
+    resize_back: Literal["nearest", "bilinear"] = _DEFAULTS.resize_back
+    seed: int = _DEFAULTS.seed
+    batch_size: int = _DEFAULTS.batch_size
+    share_encode: bool = _DEFAULTS.share_encode
+
+    @classmethod
+    def from_config(cls, cfg: PredictConfig) -> PredictorOptions:
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
 
 
 class LotusPredictor:
@@ -389,8 +397,8 @@ class LotusPredictor:
     @classmethod
     def from_pretrained(
         cls,
-        depth_model: str | os.PathLike | None = DEFAULT_DEPTH_MODEL,
-        normal_model: str | os.PathLike | None = DEFAULT_NORMAL_MODEL,
+        depth_model: str | os.PathLike | None,
+        normal_model: str | os.PathLike | None,
         depth_kind: DepthKind | Literal["auto"] = "auto",
         device: str = "auto",
         dtype: str = "auto",

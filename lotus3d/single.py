@@ -17,17 +17,9 @@ from scipy import ndimage
 from .fuse import depth_edges
 from .integrate import IntegrationResult, angular_error_deg, depth_to_normals, integrate_normals
 from .mesh import Mesh, simplify
-from .types import DepthKind
+from .types import DepthKind, intrinsics_from_fov
 
 DEFAULT_FOV_DEG = 55.0  # horizontal field of view when neither K nor EXIF focal length is known
-
-
-def intrinsics_from_fov(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> np.ndarray:
-    """(3, 3) K for a horizontal field of view, principal point at the image centre."""
-    if not 1.0 < fov_deg < 179.0:
-        raise ValueError(f"field of view must be between 1 and 179 degrees, got {fov_deg}")
-    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
-    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
 
 
 def intrinsics_from_exif(path, width: int, height: int) -> np.ndarray | None:

@@ -5,7 +5,8 @@ image (texture x simple shading), exact depth along z, camera-frame normals (fac
 and a foreground mask; we sample SfM-like sparse points (surface points seen by two or more views,
 with their tracks, optional noise and outliers); and :func:`simulate_prediction` turns exact depth
 and normals into what a monocular model such as Lotus gives: affine-invariant disparity in [0, 1]
-with errors (see its docstring).
+with errors (see its docstring; :mod:`lotus3d.simulate` has the calibrated one and the error
+modes). Preset scenes and scene folders are in :mod:`lotus3d.scenes`, built on this module.
 
 Everything is in the mesh's units and the OpenCV camera convention; poses are world-to-camera.
 """
@@ -21,7 +22,7 @@ import open3d as o3d
 import trimesh
 from scipy import ndimage
 
-from .types import Camera, Prediction
+from .types import Camera, Prediction, intrinsics_from_fov
 
 
 # ------------------------------------------------------------------------------------------- mesh
@@ -89,12 +90,6 @@ def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarra
     return T
 
 
-def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """(3, 3) K with the given horizontal field of view, principal point at the image centre."""
-    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
-    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]])
-
-
 def orbit_cameras(
     mesh: TexturedMesh,
     n: int,
@@ -117,7 +112,7 @@ def orbit_cameras(
     up = np.zeros(3)
     up[up_axis] = 1.0
     a, b = [i for i in range(3) if i != up_axis]
-    K = intrinsics(width, height, fov_deg)
+    K = intrinsics_from_fov(width, height, fov_deg)
     cams = []
     for i in range(n):
         az = 2 * np.pi * i / n + rng.uniform(-0.05, 0.05)
@@ -387,149 +382,3 @@ def noisy_normals(normal: np.ndarray, rng: np.random.Generator, deg: float) -> n
     n = n + rng.normal(0, np.radians(deg), n.shape)
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     return n.astype(np.float32)
-
-
-# ------------------------------------------------------------------------------------- scene folders
-PRESETS = ("orbit", "objects")
-
-
-def bundled_cow() -> Path:
-    """The public-domain Spot cow shipped in the package (see lotus3d/data/spot_cow/SOURCE.txt)."""
-    return Path(__file__).resolve().parent / "data" / "spot_cow" / "cow.obj"
-
-
-def preset_meshes(preset: str, seed: int = 0, extra_mesh: str | Path | None = None) -> list[TexturedMesh]:
-    """Meshes of a preset scene, y up, in metres-like units.
-
-    - "orbit": the Spot cow (about 1.7 long) on a textured floor.
-    - "objects": two cows and a bottle (``extra_mesh``, default the cow again, scaled) on a floor.
-    """
-    rng = np.random.default_rng(seed)
-    cow = load_mesh(bundled_cow())
-    floor_y = cow.vertices[:, 1].min()
-    if preset == "orbit":
-        return [cow, textured_floor(np.zeros(3), 3.2, floor_y, rng)]
-    if preset == "objects":
-
-        def rot_y(deg: float) -> np.ndarray:
-            c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-            return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-        small = transformed(cow, 0.6, rot_y(70), np.array([1.2, floor_y - 0.6 * cow.vertices[:, 1].min(), 0.9]))
-        objs = [cow, small]
-        if extra_mesh is not None:
-            other = load_mesh(extra_mesh)
-            z_up_to_y_up = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float)
-            ext = float(np.ptp(other.vertices, 0).max())
-            o = transformed(other, 0.9 / ext, z_up_to_y_up)
-            o = transformed(o, 1.0, None, np.array([-1.1, floor_y - o.vertices[:, 1].min(), -0.8]))
-            objs.append(o)
-        return objs + [textured_floor(np.zeros(3), 5.0, floor_y, rng)]
-    raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
-
-
-WORLD_LIGHT = np.array([0.35, 1.0, 0.25]) / np.linalg.norm([0.35, 1.0, 0.25])  # towards the light, y up
-
-
-def world_light(cam: Camera) -> np.ndarray:
-    """:data:`WORLD_LIGHT` in ``cam``'s frame (the ``light_dir`` of :meth:`Renderer.render`)."""
-    return cam.world_to_camera[:3, :3] @ WORLD_LIGHT
-
-
-def preset_cameras(
-    preset: str, meshes: list[TexturedMesh], n: int, width: int, height: int, seed: int = 0
-) -> list[Camera]:
-    """Cameras orbiting the objects (not the floor) of a preset."""
-    objects = merge_meshes(meshes[:-1])
-    dist = 2.3 if preset == "orbit" else 2.0
-    return orbit_cameras(objects, n, width, height, fov_deg=55.0, distance=dist, elevations=(12.0, 38.0), seed=seed)
-
-
-def write_scene(
-    out: str | Path,
-    preset: str = "orbit",
-    n_views: int = 24,
-    width: int = 640,
-    height: int = 480,
-    seed: int = 0,
-    sparse_points: int = 3000,
-    sparse_noise: float = 0.0005,
-    outlier_fraction: float = 0.05,
-    prediction: str = "realistic",
-    extra_mesh: str | Path | None = None,
-    light: Literal["camera", "world"] = "camera",
-) -> dict:
-    """Render a preset scene into a folder that ``lotus3d reconstruct`` reads.
-
-    Writes ``images/``, ``sparse/0/`` (COLMAP text model with the exact poses and SfM-like points),
-    ``predictions/`` (simulated: ``prediction`` is "realistic", "simple" (:func:`simulate_prediction`)
-    or one of :data:`lotus3d.simulate.ERROR_MODES`, its parameters drawn from ``seed``),
-    ``gt/mesh.ply``, ``gt/depth/<stem>.npy`` and ``scene.json``. Returns the scene description.
-    ``light``: "camera" shades with a light fixed to each camera (appearance changes from view to
-    view), "world" with one light fixed in the scene (:data:`WORLD_LIGHT`, as in real photos).
-    """
-    from .cache import CacheMeta, PredictionCache
-    from .io import save_image, save_json, save_npy
-    from .mesh import Mesh, export_mesh
-    from .sfm import SfMModel, ViewObservations, write_model_text
-
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    meshes = preset_meshes(preset, seed, extra_mesh)
-    renderer = Renderer(meshes)
-    cams = preset_cameras(preset, meshes, n_views, width, height, seed)
-    views = [renderer.render(c, world_light(c) if light == "world" else None) for c in cams]
-    names = [f"view_{i:03d}.png" for i in range(n_views)]
-    for name, v in zip(names, views, strict=True):
-        save_image(out / "images" / name, v.image)
-        save_npy(out / "gt" / "depth" / f"{Path(name).stem}.npy", v.depth)
-    sp = sample_sparse_points(
-        renderer, views, sparse_points, noise=sparse_noise, outlier_fraction=outlier_fraction, seed=seed
-    )
-    obs = {n: ([], []) for n in names}
-    for pid, track in enumerate(sp.tracks):
-        for vi, u, v in track:
-            obs[names[vi]][0].append((u, v))
-            obs[names[vi]][1].append(pid)
-    model = SfMModel(
-        cameras=dict(zip(names, cams, strict=True)),
-        points=sp.xyz,
-        colors=sp.rgb,
-        observations={
-            n: ViewObservations(np.array(uv, float).reshape(-1, 2), np.array(p, np.int64)) for n, (uv, p) in obs.items()
-        },
-    )
-    write_model_text(model, out / "sparse" / "0")
-    cache = PredictionCache(out / "predictions")
-    cache.write_meta(CacheMeta("disparity", f"simulated-{prediction}", f"simulated-{prediction}"))
-    from .simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
-
-    if prediction not in ("realistic", "simple", *ERROR_MODES):
-        raise ValueError(f"unknown prediction simulation {prediction!r}: realistic, simple or one of {ERROR_MODES}")
-    error_model = draw_error_model(prediction, rng) if prediction in ERROR_MODES else None
-    for name, v in zip(names, views, strict=True):
-        if error_model is not None:
-            pred = simulate_mode(v, error_model, rng)
-        elif prediction == "realistic":
-            pred = simulate_realistic(v, rng)
-        else:
-            pred = simulate_prediction(v, rng)
-        cache.write(Path(name).stem, pred)
-    gt = merge_meshes(meshes)
-    export_mesh(Mesh(gt.vertices, gt.faces), out / "gt" / "mesh.ply")
-    info = {
-        "synthetic": True,
-        "preset": preset,
-        "views": n_views,
-        "size": [width, height],
-        "seed": seed,
-        "predictions": f"simulated ({prediction}): not Lotus output",
-        "sparse_points": len(sp.xyz),
-        "sparse_noise": sparse_noise,
-        "outlier_fraction": outlier_fraction,
-        "error_model": error_model,
-        "light": light,
-        "source_meshes": ["lotus3d/data/spot_cow/cow.obj"] + ([str(extra_mesh)] if extra_mesh else []),
-    }
-    save_json(out / "scene.json", info)
-    return info

@@ -1,6 +1,6 @@
 """Rendered walk-around videos with exact ground truth, for the video tests and benchmark.
 
-A camera circles a preset scene (:func:`lotus3d.synthetic.preset_meshes`) once, its height and
+A camera circles a preset scene (:func:`lotus3d.scenes.preset_meshes`) once, its height and
 distance varying smoothly and with a little hand shake, so the last frames see what the first
 did (a loop to close). Chosen frames are motion-blurred the way a camera blurs them: the average
 of renders along the path during a longer exposure. Frames are encoded with H.264 (PyAV).
@@ -14,8 +14,9 @@ from typing import Literal
 
 import numpy as np
 
-from .synthetic import Renderer, TexturedMesh, intrinsics, look_at, merge_meshes, preset_meshes, world_light
-from .types import Camera
+from .scenes import preset_meshes, world_light
+from .synthetic import Renderer, TexturedMesh, look_at, merge_meshes
+from .types import Camera, intrinsics_from_fov
 
 
 def walkaround_camera(
@@ -33,7 +34,7 @@ def walkaround_camera(
     dist = r * (2.2 + 0.2 * np.sin(2 * np.pi * 3 * u + phases[5]))
     center = c + dist * np.array([np.cos(az) * np.cos(el), np.sin(el), np.sin(az) * np.cos(el)]) + shake
     return Camera(
-        K=intrinsics(width, height, fov_deg),
+        K=intrinsics_from_fov(width, height, fov_deg),
         world_to_camera=look_at(center, c, np.array([0.0, 1.0, 0.0])),
         width=width,
         height=height,

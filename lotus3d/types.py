@@ -16,6 +16,14 @@ DepthKind = Literal["disparity", "depth"]
 NORMAL_FRAME = "opencv_camera_facing"
 
 
+def intrinsics_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """(3, 3) K in pixels for a horizontal field of view in degrees, principal point at the image centre."""
+    if not 1.0 < fov_deg < 179.0:
+        raise ValueError(f"field of view must be between 1 and 179 degrees, got {fov_deg}")
+    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
+    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
+
+
 @dataclass
 class Camera:
     """A pinhole camera.

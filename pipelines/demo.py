@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lotus3d import synthetic
+from lotus3d import scenes
 from lotus3d.configs import PredictConfig, ReconstructConfig
 from lotus3d.errors import ModelError
 from lotus3d.mesh import load_mesh_geometry
@@ -70,7 +70,7 @@ def run_demo(
     scene = out / "scene"
     if scene.exists():
         shutil.rmtree(scene)
-    synthetic.write_scene(scene, "orbit", views, width, height, seed=seed, outlier_fraction=0.1)
+    scenes.write_scene(scene, "orbit", views, width, height, seed=seed, outlier_fraction=0.1)
     use_lotus, why = (False, "simulated predictions were asked for") if mode == "simulated" else lotus_available(pcfg)
     if mode == "real" and not use_lotus:
         raise ModelError(f"--real needs the Lotus weights: {why}")

@@ -52,17 +52,6 @@ def scene_images_dir(scene: Path) -> Path:
     return scene / "images" if (scene / "images").is_dir() else scene
 
 
-def options_from_config(cfg: PredictConfig) -> PredictorOptions:
-    return PredictorOptions(
-        processing_res=cfg.processing_res,
-        latent=cfg.latent,
-        resize_back=cfg.resize_back,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        share_encode=cfg.share_encode,
-    )
-
-
 def load_predictor(cfg: PredictConfig) -> LotusPredictor:
     return LotusPredictor.from_pretrained(
         depth_model=_none(cfg.depth_model),
@@ -70,7 +59,7 @@ def load_predictor(cfg: PredictConfig) -> LotusPredictor:
         depth_kind=cfg.depth_kind,
         device=cfg.device,
         dtype=cfg.dtype,
-        options=options_from_config(cfg),
+        options=PredictorOptions.from_config(cfg),
     )
 
 
@@ -102,7 +91,7 @@ def expected_meta(cfg: PredictConfig, predictor: LotusPredictor | None = None) -
         depth_kind=kind,
         depth_model=depth_model or "none",
         normal_model=_none(cfg.normal_model),
-        settings=prediction_settings(options_from_config(cfg), dtype),
+        settings=prediction_settings(PredictorOptions.from_config(cfg), dtype),
     )
 
 

@@ -21,11 +21,11 @@ import trimesh
 
 from lotus3d import integrate, single
 from lotus3d.cache import PredictionCache
-from lotus3d.configs import PredictConfig
+from lotus3d.configs import PredictConfig, SingleConfig
 from lotus3d.errors import InputError
 from lotus3d.io import load_image, save_image, save_json, save_npy
 from lotus3d.mesh import export_mesh
-from lotus3d.types import Prediction
+from lotus3d.types import Prediction, intrinsics_from_fov
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +66,20 @@ def _prediction(image_path: Path, image: np.ndarray, predictions: Path | None, p
 def run_single(
     image_path: str | Path,
     out: str | Path | None = None,
-    predictions: str | Path | None = None,
-    K: np.ndarray | None = None,
-    fov_deg: float | None = None,
-    scale: float = 1.0,
-    auto_convention: bool = False,
-    prior_weight: float = 1e-3,
-    sky_threshold: float = 0.01,
+    cfg: SingleConfig | None = None,
     pcfg: PredictConfig | None = None,
-    far_factor: float = 8.0,
-    simplify: int = 0,
+    predictions: str | Path | None = None,
 ) -> SingleResult:
     """Reconstruct one image into ``out`` (.glb, .obj or .ply; default IMAGE.glb next to the image).
 
-    Args:
-        scale: depth units: the median depth of the result (1 = relative units; metres if known).
-        sky_threshold: disparity predictions below this (0..1) are sky / background, not meshed.
-        far_factor: pixels deeper than this times the median depth are background, not meshed.
-        simplify: decimate the mesh to at most this many triangles (0: two per pixel square).
+    ``predictions``: a prediction cache folder to read instead of running Lotus (``pcfg``).
+    Settings (intrinsics, scale, prior weight, thresholds, simplification): :class:`SingleConfig`.
     """
+    cfg = cfg or SingleConfig()
+    if cfg.fov is not None and cfg.intrinsics is not None:
+        raise InputError("give either --fov or --K, not both")
+    K = read_K(cfg.intrinsics) if cfg.intrinsics else None
+    fov_deg, simplify = cfg.fov, cfg.simplify
     t0 = time.perf_counter()
     # compile (or load) the integration kernels while the image and the prediction are read
     threading.Thread(target=integrate.warm_up, name="lotus3d-warmup", daemon=True).start()
@@ -99,7 +94,7 @@ def run_single(
     if K is not None:
         source = "given"
     elif fov_deg is not None:
-        K, source = single.intrinsics_from_fov(w, h, fov_deg), f"fov {fov_deg:g} deg (given)"
+        K, source = intrinsics_from_fov(w, h, fov_deg), f"fov {fov_deg:g} deg (given)"
     else:
         K = single.intrinsics_from_exif(image_path, w, h)
         source = "exif" if K is not None else None
@@ -107,13 +102,15 @@ def run_single(
     p, normal = pred.depth, pred.normal
     mask = np.isfinite(p) & np.isfinite(normal).all(-1)
     if pred.kind == "disparity":
-        mask &= p > sky_threshold
+        mask &= p > cfg.sky_threshold
     if mask.sum() < 16:
         raise InputError(f"{image_path.name}: almost every pixel is invalid or sky; nothing to reconstruct")
     timings = {"load": time.perf_counter() - t0}
 
     t = time.perf_counter()
-    view = single.reconstruct_depth(p, pred.kind, normal, K, mask, prior_weight, auto_convention, far_factor)
+    view = single.reconstruct_depth(
+        p, pred.kind, normal, K, mask, cfg.prior_weight, cfg.auto_convention, cfg.far_factor
+    )
     K, shift, convention, refined, mask = view.K, view.shift, view.convention, view.refined, view.mask
     focal = view.focal
     if focal is not None and focal.determined:
@@ -128,7 +125,7 @@ def run_single(
     t = time.perf_counter()
     res = refined.integration
     depth = np.where(mask, refined.depth, np.nan)
-    depth = depth * (scale / np.nanmedian(depth))
+    depth = depth * (cfg.scale / np.nanmedian(depth))
     breaks = res.weights.min(-1) < 0.05 if res is not None and not refined.fallback else None
     mesh = single.depth_to_mesh(
         depth,
@@ -169,7 +166,7 @@ def run_single(
             "cg_iterations": res.cg_iterations if res else 0,
             "seconds": round(res.seconds, 3) if res else 0.0,
         },
-        "median_depth": scale,
+        "median_depth": cfg.scale,
         "triangles": len(mesh.faces),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }

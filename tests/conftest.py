@@ -16,8 +16,14 @@ DATA = SHARED / "data"
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The project's shared data (real meshes, photos, DiLiGenT normals) beside the checkout. Tests
+    that need it skip, with the reason, on a clone without it; under CI (``CI`` set) they fail, so
+    that CI never passes without running them."""
     if not DATA.is_dir():
-        pytest.fail(f"the shared data folder {DATA} is missing (tests expect ../shared/data beside the repo)")
+        message = f"needs the shared data folder {DATA} (../shared/data beside the repository), absent here"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return DATA
 
 

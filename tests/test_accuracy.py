@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lotus3d import align, consistency, synthetic
+from lotus3d import align, consistency, scenes, synthetic
 from lotus3d.simulate import affine_absrel, simulate_realistic
 
 
 @pytest.fixture(scope="module")
 def views(shared_data):
-    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    meshes = scenes.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
     r = synthetic.Renderer(meshes)
-    cams = synthetic.preset_cameras("objects", meshes, 6, 320, 240, seed=0)
+    cams = scenes.preset_cameras("objects", meshes, 6, 320, 240, seed=0)
     return r, [r.render(c) for c in cams]
 
 

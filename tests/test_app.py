@@ -21,7 +21,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from lotus3d.io import save_image
-from lotus3d.synthetic import Renderer, preset_cameras, preset_meshes, world_light, write_scene
+from lotus3d.scenes import preset_cameras, preset_meshes, world_light, write_scene
+from lotus3d.synthetic import Renderer
 
 
 def _free_port() -> int:

@@ -6,15 +6,15 @@ import numpy as np
 import pycolmap
 import pytest
 
-from lotus3d import fuse, mesh, metrics, sfm, synthetic
+from lotus3d import fuse, mesh, metrics, scenes, sfm, synthetic
 from lotus3d.types import Camera
 
 
 @pytest.fixture(scope="module")
 def small_scene():
-    meshes = synthetic.preset_meshes("orbit", seed=0)
+    meshes = scenes.preset_meshes("orbit", seed=0)
     renderer = synthetic.Renderer(meshes)
-    cams = synthetic.preset_cameras("orbit", meshes, 8, 160, 120, seed=0)
+    cams = scenes.preset_cameras("orbit", meshes, 8, 160, 120, seed=0)
     views = [renderer.render(c) for c in cams]
     return renderer, cams, views
 
@@ -127,7 +127,7 @@ def test_tsdf_of_exact_depth_reproduces_the_surface(small_scene):
 
 
 def test_remove_small_components_and_export(tmp_path):
-    big = synthetic.load_mesh(synthetic.bundled_cow())
+    big = synthetic.load_mesh(scenes.bundled_cow())
     tiny = synthetic.transformed(big, 0.01, None, np.array([5.0, 0, 0]))
     merged = synthetic.merge_meshes([big, tiny])
     m = mesh.Mesh(merged.vertices, merged.faces, np.full((len(merged.vertices), 3), 0.5))
@@ -143,7 +143,7 @@ def test_remove_small_components_and_export(tmp_path):
 
 
 def test_metrics_identity_and_offset():
-    cow = synthetic.load_mesh(synthetic.bundled_cow())
+    cow = synthetic.load_mesh(scenes.bundled_cow())
     m = mesh.Mesh(cow.vertices, cow.faces)
     same = metrics.evaluate_mesh(m, m, n_samples=20000)
     assert same["fscore"] > 0.99 and same["chamfer"] < 0.01

@@ -12,8 +12,9 @@ import pytest
 
 from lotus3d.errors import InputError
 from lotus3d.integrate import angular_error_deg, depth_to_normals, integrate_normals
-from lotus3d.single import check_convention, depth_to_mesh, intrinsics_from_fov, recover_shift
+from lotus3d.single import check_convention, depth_to_mesh, recover_shift
 from lotus3d.synthetic import smooth_field
+from lotus3d.types import intrinsics_from_fov
 
 
 def _rays(h, w, K):
@@ -215,14 +216,14 @@ def test_decimated_depth_mesh_keeps_its_surface_silhouette_and_texture(scene, tm
 
 
 def test_single_command_from_a_prediction_cache(tmp_path, capsys):
-    from lotus3d import synthetic
+    from lotus3d import scenes, synthetic
     from lotus3d.cache import CacheMeta, PredictionCache
     from lotus3d.cli import main
     from lotus3d.io import save_image
     from lotus3d.simulate import simulate_realistic
 
-    meshes = synthetic.preset_meshes("orbit", 0)
-    cam = synthetic.preset_cameras("orbit", meshes, 8, 160, 120)[1]
+    meshes = scenes.preset_meshes("orbit", 0)
+    cam = scenes.preset_cameras("orbit", meshes, 8, 160, 120)[1]
     v = synthetic.Renderer(meshes).render(cam)
     save_image(tmp_path / "photo.png", v.image)
     cache = PredictionCache(tmp_path / "pred")
@@ -273,6 +274,14 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     report = json.loads((tmp_path / "small.json").read_text())  # no K, no EXIF: the focal from the normals,
     source = report["intrinsics_source"]  # or the default where the normals do not determine it (said so)
     assert source.startswith("estimated from the normals") or "(default: " in source
+    # settings from a YAML file (SingleConfig), the command line winning; --fov with --K refused
+    (tmp_path / "cfg.yaml").write_text("single:\n  scale: 2.0\n  simplify: 1500\n")
+    assert main([*args, "--config", str(tmp_path / "cfg.yaml"), "--scale", "5.0"]) == 0
+    assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 1500
+    assert np.nanmedian(np.load(tmp_path / "small.depth.npy")) == pytest.approx(5.0, rel=1e-3)
+    capsys.readouterr()
+    assert main([*args, "--fov", "50", "--K", str(tmp_path / "K.txt")]) == 2
+    assert "either --fov or --K" in capsys.readouterr().err
     fov = np.degrees(2 * np.arctan(0.5 * 160 / report["intrinsics"][0][0]))
     assert fov == pytest.approx(55.0, rel=0.15)  # the preset's cameras: 55 degrees
     assert set(report["integration"]) >= {"used", "fallback", "checks"} and "shift_determined" in report
@@ -282,7 +291,7 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     cache.write(
         "photo",
         simulate_realistic(
-            synthetic.Renderer(meshes).render(synthetic.preset_cameras("orbit", meshes, 8, 80, 60)[1]),
+            synthetic.Renderer(meshes).render(scenes.preset_cameras("orbit", meshes, 8, 80, 60)[1]),
             np.random.default_rng(0),
         ),
     )
@@ -340,11 +349,11 @@ def test_capped_steps_with_a_prior_reach_the_same_depth(shared_data, monkeypatch
     """With a prior, each reweighting step runs at most STEP_CG_ITERATIONS CG iterations and the next
     continues from there: on a realistic simulated prediction (the prior's cuts along silhouettes
     slow CG down) the result matches solving every step to its tolerance, with far fewer iterations."""
-    from lotus3d import integrate, single, synthetic
+    from lotus3d import integrate, scenes, single, synthetic
     from lotus3d.simulate import simulate_realistic
 
-    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
-    cam = synthetic.preset_cameras("objects", meshes, 6, 320, 240, seed=0)[5]
+    meshes = scenes.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    cam = scenes.preset_cameras("objects", meshes, 6, 320, 240, seed=0)[5]
     v = synthetic.Renderer(meshes).render(cam)
     p = simulate_realistic(v, np.random.default_rng(0))
     m = v.mask & np.isfinite(p.depth) & np.isfinite(p.normal).all(-1)
@@ -470,10 +479,10 @@ def test_focal_recovery_on_unrelated_noise_keeps_the_default_and_says_why():
 
 
 def test_focal_length_is_recovered_from_the_normals_of_a_rendered_view(shared_data):
-    from lotus3d import synthetic
+    from lotus3d import scenes, synthetic
     from lotus3d.single import recover_focal
 
-    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    meshes = scenes.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
     for fov in (40.0, 70.0):
         cam = synthetic.orbit_cameras(synthetic.merge_meshes(meshes[:-1]), 3, 320, 240, fov_deg=fov, distance=2.0)[1]
         v = synthetic.Renderer(meshes).render(cam)

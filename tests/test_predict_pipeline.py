@@ -161,3 +161,14 @@ def test_help_lists_and_explains_every_subcommand(capsys):
         assert text.startswith(f"usage: lotus3d {name}")
         for option in key_options.get(name, []):
             assert option in text, (name, option)
+
+
+def test_version_and_doctor(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("lotus3d 0.")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2." in out and "build); device 'auto' -> " in out
+    for line in ("open3d ", "pycolmap ", "extra 'plots': ", "extra 'app': gradio", "weights jingheya/lotus-depth"):
+        assert line in out, line

@@ -17,8 +17,8 @@ from lotus3d.errors import CacheError, InputError, ReconstructionError
 from lotus3d.mesh import load_mesh_geometry
 from lotus3d.metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from lotus3d.pipelines.reconstruct import reconstruct
+from lotus3d.scenes import write_scene
 from lotus3d.sfm import read_model
-from lotus3d.synthetic import write_scene
 from lotus3d.types import Prediction
 
 

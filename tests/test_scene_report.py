@@ -13,7 +13,7 @@ from lotus3d.align import sample_prediction
 from lotus3d.cli import main
 from lotus3d.errors import InputError
 from lotus3d.pipelines.reconstruct import reconstruct
-from lotus3d.synthetic import write_scene
+from lotus3d.scenes import write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 

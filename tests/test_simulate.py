@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lotus3d import synthetic
+from lotus3d import scenes, synthetic
 from lotus3d.fuse import depth_edges
 from lotus3d.simulate import ERROR_MODES, best_affine_disparity, draw_error_model, simulate_mode
 
 
 @pytest.fixture(scope="module")
 def view(shared_data):
-    meshes = synthetic.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
-    cam = synthetic.preset_cameras("objects", meshes, 4, 240, 180, seed=0)[1]
+    meshes = scenes.preset_meshes("objects", 0, shared_data / "mesh_fuze_bottle" / "fuze.obj")
+    cam = scenes.preset_cameras("objects", meshes, 4, 240, 180, seed=0)[1]
     return synthetic.Renderer(meshes).render(cam)
 
 

@@ -9,7 +9,9 @@ import trimesh
 from lotus3d import synthetic, texture
 from lotus3d.bench.texture import psnr
 from lotus3d.mesh import Mesh, export_mesh, render_colors
-from lotus3d.synthetic import Renderer, TexturedMesh, world_light
+from lotus3d.scenes import world_light
+from lotus3d.synthetic import Renderer, TexturedMesh
+from lotus3d.types import intrinsics_from_fov
 
 
 def _fine(m: TexturedMesh, levels: int) -> TexturedMesh:
@@ -88,7 +90,7 @@ def test_occluded_faces_take_no_colour_from_the_occluding_view():
     wall = _plane(np.array([0.0, 0.0, 0.0]), 2.0, 0.05, (0.5, 0.5, 0.5))
     card = _plane(np.array([0.0, 0.0, 0.6]), 0.5, 0.05, (1.0, 0.0, 0.0))
     r = Renderer([wall, card])
-    K = synthetic.intrinsics(320, 240, 60.0)
+    K = intrinsics_from_fov(320, 240, 60.0)
     up = np.array([0.0, 1.0, 0.0])
     cams = [
         synthetic.Camera(K, synthetic.look_at(np.array([0.0, 0.0, 2.5]), np.zeros(3), up), 320, 240),

@@ -16,8 +16,9 @@ from lotus3d.io import load_image
 from lotus3d.mesh import Mesh, load_mesh_geometry
 from lotus3d.metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from lotus3d.pipelines.frames import extract_frames
+from lotus3d.scenes import preset_meshes
 from lotus3d.sfm import read_model, sequential_pairs
-from lotus3d.synthetic import merge_meshes, preset_meshes
+from lotus3d.synthetic import merge_meshes
 from lotus3d.synthetic_video import write_simulated_predictions, write_walkaround
 from lotus3d.video import FrameScores, iter_frames, probe, select_keyframes
 

@@ -16,7 +16,8 @@ import numpy as np
 from ..configs import PredictConfig
 from ..dummy_models import make_lotus_checkpoint
 from ..io import save_image
-from ..synthetic import Renderer, bundled_cow, load_mesh, orbit_cameras
+from ..scenes import bundled_cow
+from ..synthetic import Renderer, load_mesh, orbit_cameras
 
 
 def run(n_views: int = 16, out: Path | None = None, processing_res: int = 256) -> dict:

@@ -30,9 +30,9 @@ from ..cache import CacheMeta, PredictionCache
 from ..configs import ReconstructConfig
 from ..mesh import load_mesh_geometry
 from ..metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
+from ..scenes import write_scene
 from ..sfm import read_model
 from ..simulate import ERROR_MODES, best_affine_disparity
-from ..synthetic import write_scene
 from ..types import Prediction
 from . import shared_data
 
@@ -292,12 +292,12 @@ def alignment_scaling(counts: tuple[int, ...] = (1000, 10000, 50000), dense_up_t
     objects scene, at each target count: grid (ours) and the earlier dense version side by side."""
     import tracemalloc
 
-    from .. import align, synthetic
+    from .. import align, scenes, synthetic
     from ..simulate import draw_error_model, simulate_mode
 
     data = shared_data()
-    meshes = synthetic.preset_meshes("objects", 0, data / "mesh_fuze_bottle/fuze.obj" if data else None)
-    view = synthetic.Renderer(meshes).render(synthetic.preset_cameras("objects", meshes, 4, 640, 480)[1])
+    meshes = scenes.preset_meshes("objects", 0, data / "mesh_fuze_bottle/fuze.obj" if data else None)
+    view = synthetic.Renderer(meshes).render(scenes.preset_cameras("objects", meshes, 4, 640, 480)[1])
     rng = np.random.default_rng(0)
     pred = simulate_mode(view, draw_error_model("mixed", rng), rng)
     ys, xs = np.nonzero(view.mask)

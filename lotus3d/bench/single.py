@@ -43,8 +43,9 @@ from threadpoolctl import threadpool_limits
 
 from ..integrate import integrate_normals, log_depth_gradients
 from ..io import load_image
-from ..synthetic import Renderer, bundled_cow, intrinsics, load_mesh, look_at
-from ..types import Camera
+from ..scenes import bundled_cow
+from ..synthetic import Renderer, load_mesh, look_at
+from ..types import Camera, intrinsics_from_fov
 from . import shared_data
 
 
@@ -130,7 +131,7 @@ def mesh_view(
     """(depth (H, W), normal (H, W, 3) OpenCV camera frame, K (3, 3), mask (H, W)) of a mesh seen
     from ``direction`` (see PANEL), exact: ray-cast depth and face normals."""
     mesh = load_mesh(path)
-    K = intrinsics(width, height, 40.0)
+    K = intrinsics_from_fov(width, height, 40.0)
     lo, hi = mesh.bounds
     c = (lo + hi) / 2
     d = np.asarray(direction, np.float64)
@@ -344,7 +345,7 @@ def prior_family_rows(
     shift), of the prior with the oracle shift (the best for the ground truth), and of ours; ours /
     oracle; the median angle between the normals of our surface and the true ones (and of the
     predicted normals), and whether ours fell back to the prior."""
-    from .. import single, synthetic
+    from .. import scenes, single, synthetic
     from ..integrate import depth_to_normals
     from ..simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
 
@@ -355,9 +356,9 @@ def prior_family_rows(
         if preset == "objects" and bottle is None:
             print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
             continue
-        meshes = synthetic.preset_meshes(preset, 0, bottle if preset == "objects" else None)
+        meshes = scenes.preset_meshes(preset, 0, bottle if preset == "objects" else None)
         renderer = synthetic.Renderer(meshes)
-        cams = synthetic.preset_cameras(preset, meshes, 6, width, height, seed=0)
+        cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=0)
         for i in views:
             v = renderer.render(cams[i])
             for mode in modes or all_modes:

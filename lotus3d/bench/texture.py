@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import synthetic, texture
+from .. import scenes, synthetic, texture
 from ..io import load_image, save_image
 from ..mesh import Mesh, load_mesh_geometry, render_colors
 from ..pipelines.reconstruct import reconstruct
+from ..scenes import world_light
 from ..sfm import read_model
-from ..synthetic import look_at, world_light
+from ..synthetic import look_at
 from ..types import Camera
 from . import shared_data, write_summary
 
@@ -64,7 +65,7 @@ def rendered_psnr(m: Mesh, cams: list[Camera], photos: list[np.ndarray], gt_dept
 
 def _held_out_cameras(preset: str, meshes, n: int, width: int, height: int) -> list[Camera]:
     """Cameras of the same orbit at other angles (another seed), never used by the reconstruction."""
-    return synthetic.preset_cameras(preset, meshes, n, width, height, seed=1001)
+    return scenes.preset_cameras(preset, meshes, n, width, height, seed=1001)
 
 
 def _closeup(cams: list[Camera], meshes) -> Camera:
@@ -87,14 +88,14 @@ def run(out: Path | None = None, views: int = 32, held_out: int = 8, width: int 
         scene = out / key.split()[0] / light
         if scene.exists():
             shutil.rmtree(scene)
-        synthetic.write_scene(scene, preset, views, width, height, seed=3, extra_mesh=extra_path, light=light)
+        scenes.write_scene(scene, preset, views, width, height, seed=3, extra_mesh=extra_path, light=light)
         result = reconstruct(scene, scene / "out", progress=False)
         model = read_model(scene / "out" / "sparse")
         names = model.names
         train = [model.cameras[n] for n in names]
         photos = [load_image(scene / "images" / n) for n in names]
         gt_train = [np.load(scene / "gt" / "depth" / f"{Path(n).stem}.npy") for n in names]
-        meshes = synthetic.preset_meshes(preset, 3, extra_path)
+        meshes = scenes.preset_meshes(preset, 3, extra_path)
         renderer = synthetic.Renderer(meshes)
         held = _held_out_cameras(preset, meshes, held_out, width, height)
         rendered = [renderer.render(c, world_light(c) if light == "world" else None) for c in held]

@@ -23,8 +23,9 @@ from ..mesh import Mesh, load_mesh_geometry
 from ..metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from ..pipelines.frames import extract_frames
 from ..pipelines.reconstruct import reconstruct
+from ..scenes import preset_meshes, world_light
 from ..sfm import read_model
-from ..synthetic import merge_meshes, preset_meshes, world_light
+from ..synthetic import merge_meshes
 from ..synthetic_video import walkaround_camera, write_simulated_predictions, write_walkaround
 from . import write_summary
 
