@@ -185,6 +185,8 @@ def single_job(
 
     ``fov_deg`` 0: from EXIF, else estimated from the normals.
     """
+    import trimesh
+
     from .cache import CacheMeta, PredictionCache
     from .mesh import export_mesh
     from .pipelines.single import run_single
@@ -199,8 +201,6 @@ def single_job(
     cache.write(photo.stem, pred)
     cfg = SingleConfig(fov=fov_deg if fov_deg and fov_deg > 0 else None, simplify=int(simplify))
     result = run_single(photo, folder / "mesh.glb", cfg, predictions=folder / "predictions")
-    import trimesh
-
     textured = trimesh.load(result.mesh, force="mesh", process=False)
     ply = export_mesh(_with_vertex_colours(textured), folder / "mesh.ply")
     export_mesh(textured, folder / "obj" / "mesh.obj")
