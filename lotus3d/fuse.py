@@ -15,7 +15,7 @@ import open3d.core as o3c
 from scipy import ndimage
 
 from .mesh import Mesh, weld
-from .types import Camera
+from .types import Camera, pixel_rays
 
 
 @dataclass
@@ -43,8 +43,7 @@ def filter_depth(depth: np.ndarray, K: np.ndarray, normal: np.ndarray | None, op
         d[edge] = np.nan
     if normal is not None and opts.max_grazing_deg < 90:
         h, w = d.shape
-        u, v = np.meshgrid(np.arange(w), np.arange(h))
-        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
+        rays = pixel_rays(K, w, h)
         rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
         cos = -np.sum(rays * normal, -1)
         d[~(cos > np.cos(np.radians(opts.max_grazing_deg)))] = np.nan

@@ -33,6 +33,7 @@ from numba import njit, prange
 from . import multigrid
 from .errors import InputError
 from .multigrid import ordered_sum
+from .types import backproject
 
 
 @dataclass
@@ -364,9 +365,7 @@ def depth_to_normals(depth: np.ndarray, K: np.ndarray, step: int = 1) -> np.ndar
     """(H, W) depth -> (H, W, 3) unit normals (OpenCV camera frame, facing the camera) from central
     differences of the back-projected points over ``step`` pixels each side (a larger step averages
     out pixel noise); NaN where undefined."""
-    h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    P = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth.astype(np.float64)], -1)
+    P = backproject(depth, K)
     du = np.full_like(P, np.nan)
     dv = np.full_like(P, np.nan)
     du[:, step:-step] = P[:, 2 * step :] - P[:, : -2 * step]

@@ -11,7 +11,7 @@ import open3d as o3d
 import trimesh
 
 from .io import atomic_write
-from .types import Camera
+from .types import Camera, pixel_rays
 
 
 @dataclass
@@ -97,11 +97,8 @@ def cast_pixels(
     (i s, j s) of the image): z depth (H', W') float32, NaN where no surface; face id (H', W') int64,
     -1 where none; barycentric coordinates (H', W', 2) of the hit (weights of the face's 2nd and
     3rd vertex). Rays have camera-frame z = 1, so the hit distance is the z depth."""
-    u, v = np.meshgrid(
-        np.arange(0, cam.width, stride, dtype=np.float64), np.arange(0, cam.height, stride, dtype=np.float64)
-    )
-    d_cam = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(cam.K).T
-    dirs = d_cam @ cam.world_to_camera[:3, :3]  # world directions with camera z = 1
+    # world directions whose camera-frame z is 1
+    dirs = pixel_rays(cam.K, cam.width, cam.height, stride) @ cam.world_to_camera[:3, :3]
     rays = np.concatenate([np.broadcast_to(cam.center, dirs.shape), dirs], -1).astype(np.float32)
     hit = scene.cast_rays(o3d.core.Tensor(rays))
     t = hit["t_hit"].numpy()

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError, ReconstructionError
-from .types import Camera
+from .types import Camera, pixel_rays
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def pinhole_for(cam) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     if cam.model_name in PINHOLE_MODELS:
         return K, None
     w, h = int(cam.width), int(cam.height)
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    rays = pixel_rays(K, w, h).reshape(-1, 3)
     src = np.asarray(cam.img_from_cam(rays), np.float64).reshape(h, w, 2) - 0.5
     return K, (src[..., 0].astype(np.float32), src[..., 1].astype(np.float32))
 

@@ -17,7 +17,7 @@ from scipy import ndimage
 from .fuse import depth_edges
 from .integrate import IntegrationResult, angular_error_deg, depth_to_normals, integrate_normals
 from .mesh import Mesh, simplify
-from .types import DepthKind, intrinsics_from_fov
+from .types import DepthKind, backproject, intrinsics_from_fov
 
 DEFAULT_FOV_DEG = 55.0  # horizontal field of view when neither K nor EXIF focal length is known
 
@@ -479,8 +479,7 @@ def depth_to_mesh(
     colours in ``mesh.metadata["vertex_colors"]`` (V, 3) uint8.
     """
     h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    pts = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1).reshape(-1, 3)
+    pts = backproject(depth, K).reshape(-1, 3)
     valid = np.isfinite(depth).reshape(-1) & (depth.reshape(-1) > 0)
     idx = np.arange(h * w).reshape(h, w)
     a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()

@@ -22,7 +22,7 @@ import open3d as o3d
 import trimesh
 from scipy import ndimage
 
-from .types import Camera, Prediction, intrinsics_from_fov
+from .types import Camera, Prediction, intrinsics_from_fov, pixel_rays
 
 
 # ------------------------------------------------------------------------------------------- mesh
@@ -161,8 +161,7 @@ class Renderer:
 
     def render(self, cam: Camera, light_dir: np.ndarray | None = None) -> RenderedView:
         h, w = cam.height, cam.width
-        u, v = np.meshgrid(np.arange(w), np.arange(h))
-        d_cam = np.stack([u, v, np.ones_like(u)], -1).astype(np.float64) @ np.linalg.inv(cam.K).T  # z = 1
+        d_cam = pixel_rays(cam.K, w, h)  # z = 1
         R = cam.world_to_camera[:3, :3]
         dirs = d_cam @ R  # world directions whose camera z is 1: t_hit is the z depth
         rays = np.concatenate([np.broadcast_to(cam.center, dirs.shape), dirs], -1).astype(np.float32)

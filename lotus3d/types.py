@@ -24,6 +24,23 @@ def intrinsics_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
     return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
 
 
+def pixel_rays(K: np.ndarray, width: int, height: int, stride: int = 1) -> np.ndarray:
+    """(H', W', 3) float64 camera-frame directions through every ``stride``-th pixel, scaled to z = 1
+    (entry (i, j) is pixel (i stride, j stride)); H' = ceil(height / stride), W' likewise."""
+    u = (np.arange(0, width, stride, dtype=np.float64) - K[0, 2]) / K[0, 0]
+    v = (np.arange(0, height, stride, dtype=np.float64) - K[1, 2]) / K[1, 1]
+    rays = np.ones((len(v), len(u), 3))
+    rays[..., 0] = u[None, :]
+    rays[..., 1] = v[:, None]
+    return rays
+
+
+def backproject(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float64 camera-frame points of an (H, W) z-depth map (NaN where the depth is NaN)."""
+    h, w = depth.shape
+    return pixel_rays(K, w, h) * np.asarray(depth, np.float64)[..., None]
+
+
 @dataclass
 class Camera:
     """A pinhole camera.

@@ -187,3 +187,21 @@ def test_mesh_depth_rendering_matches_the_rendered_views(small_scene):
     np.testing.assert_allclose(strided, full["a"][::4, ::4], rtol=1e-5)
     empty = mesh.render_depth(mesh.Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64)), {"a": cams[0]})["a"]
     assert np.isnan(empty).all()
+
+
+def test_back_projection_inverts_projection():
+    """types.backproject: every pixel's point projects back onto that pixel through K; strided rays
+    are the same rays."""
+    from lotus3d.types import backproject, intrinsics_from_fov, pixel_rays
+
+    K = intrinsics_from_fov(64, 48, 70.0)
+    K[1, 1] *= 1.1  # non-square pixels
+    depth = np.random.default_rng(0).uniform(0.5, 4.0, (48, 64))
+    depth[3, 5] = np.nan
+    P = backproject(depth, K)
+    uv = P @ K.T
+    u, v = np.meshgrid(np.arange(64.0), np.arange(48.0))
+    ok = np.isfinite(depth)
+    assert np.allclose(uv[ok][:, 0] / uv[ok][:, 2], u[ok]) and np.allclose(uv[ok][:, 1] / uv[ok][:, 2], v[ok])
+    assert np.allclose(P[..., 2][ok], depth[ok]) and np.isnan(P[3, 5]).all()
+    assert np.array_equal(pixel_rays(K, 64, 48, 4), pixel_rays(K, 64, 48)[::4, ::4])
