@@ -283,17 +283,7 @@ def demo_job(folder: Path) -> SceneOutputs:
     return SceneOutputs(glb if glb.is_file() else r.mesh, summary, archive)
 
 
-def example_image(root: Path) -> Path:
-    """A photo-like example for the Single tab: one view of the bundled demo scene, rendered once."""
-    from .scenes import preset_cameras, preset_meshes, world_light
-    from .synthetic import Renderer
-
-    path = root / "examples" / "spot_cow.png"
-    if not path.is_file():
-        meshes = preset_meshes("orbit")
-        cam = preset_cameras("orbit", meshes, 8, 512, 384)[1]
-        save_image(path, Renderer(meshes, background=(0.85, 0.87, 0.9)).render(cam, world_light(cam)).image)
-    return path
+EXAMPLE_PHOTO = Path(__file__).resolve().parent / "data" / "examples" / "spot_cow.jpg"  # see its SOURCE.txt
 
 
 # ------------------------------------------------------------------------------------------- page
@@ -386,7 +376,7 @@ def build_app(pcfg: PredictConfig, limits: AppLimits | None = None, root: Path |
                     fov = gr.Number(0, label="horizontal field of view, degrees (0: from EXIF or estimated)")
                     simplify = gr.Number(200_000, precision=0, label="at most this many triangles (0: all)")
                     go = gr.Button("Reconstruct", variant="primary")
-                    gr.Examples([[str(example_image(root))]], inputs=[image])
+                    gr.Examples([[str(EXAMPLE_PHOTO)]], inputs=[image])
                 with gr.Column():
                     with gr.Row():
                         depth_img = gr.Image(label="depth (near = warm)", interactive=False)

@@ -184,9 +184,8 @@ def _frames(args: argparse.Namespace) -> int:
     from lotus3d.configs import FramesConfig, from_args
     from lotus3d.pipelines.frames import extract_frames
 
-    out = args.out or args.video.with_suffix("")
-    r = extract_frames(args.video, out, from_args(FramesConfig, args), force=args.force)
-    rep = r.report
+    r = extract_frames(args.video, args.out, from_args(FramesConfig, args), force=args.force)
+    rep, out = r.report, r.scene
     state = "reused" if r.reused else f"{rep['seconds']['score'] + rep['seconds']['write']:.1f} s"
     print(
         f"{len(r.names)} keyframes of {rep['decoded_frames']} frames ({len(rep['blurred'])} blurred or blank; "

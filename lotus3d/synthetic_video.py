@@ -113,11 +113,18 @@ def write_walkaround(
 
 
 def write_simulated_predictions(
-    renderer: Renderer, scene: str | Path, cameras: dict[str, Camera], seed: int = 0, light: str = "world"
+    renderer: Renderer,
+    scene: str | Path,
+    cameras: dict[str, Camera],
+    seed: int = 0,
+    light: str = "world",
+    photos: bool = False,
 ) -> None:
     """Simulated Lotus-like predictions (:func:`lotus3d.simulate.simulate_realistic`, not Lotus
-    output) of ``renderer``'s scene for the views ``{image name: camera}`` into ``scene``/predictions."""
+    output) of ``renderer``'s scene for the views ``{image name: camera}`` into ``scene``/predictions;
+    with ``photos`` the renders themselves too, as ``scene``/images/<name> (one render per view)."""
     from .cache import CacheMeta, PredictionCache
+    from .io import save_image
     from .simulate import simulate_realistic
 
     rng = np.random.default_rng(seed)
@@ -125,4 +132,6 @@ def write_simulated_predictions(
     cache.write_meta(CacheMeta("disparity", "simulated-realistic", "simulated-realistic"))
     for name, cam in cameras.items():
         view = renderer.render(cam, world_light(cam) if light == "world" else None)
+        if photos:
+            save_image(Path(scene) / "images" / name, view.image)
         cache.write(Path(name).stem, simulate_realistic(view, rng))

@@ -123,13 +123,18 @@ def iter_frames(path: str | Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 # ------------------------------------------------------------------------------------ measuring
+def fit_longest_side(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` (H, W[, C]) area-downscaled so that its longest side is at most ``size`` (0: unchanged)."""
+    h, w = image.shape[:2]
+    s = size / max(h, w) if size else 1.0
+    if s >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
 def analysis_gray(rgb: np.ndarray, size: int) -> np.ndarray:
     """(h, w) uint8 grey image with its longest side at most ``size`` (area-averaged)."""
-    g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    s = size / max(g.shape)
-    if s < 1:
-        g = cv2.resize(g, (max(1, round(g.shape[1] * s)), max(1, round(g.shape[0] * s))), interpolation=cv2.INTER_AREA)
-    return g
+    return fit_longest_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size)
 
 
 def sharpness(gray: np.ndarray) -> float:
@@ -179,7 +184,6 @@ class FrameScores:
     motion: np.ndarray  # (N,) cumulative motion (diagonals) at usable frames, NaN elsewhere
     segment: np.ndarray  # (N,) int
     lost: int = 0  # tracking losses between consecutive usable frames
-    size: tuple[int, int] = (0, 0)  # (width, height) of the frames, upright
     min_sharpness: float = 0.0  # the absolute floor the usable frames passed
     seconds: float = 0.0
 
@@ -209,7 +213,6 @@ def score_frames(
     motion: list[float] = []
     segment: list[int] = []
     state = {"last": None, "cum": 0.0, "seg": -1, "lost": 0}
-    size = (0, 0)
 
     def decide(i: int) -> None:
         nb = scores[max(0, i - blur_window) : i] + scores[i + 1 : i + 1 + blur_window]
@@ -237,7 +240,6 @@ def score_frames(
         state["last"] = g
 
     for i, t, rgb in iter_frames(path):
-        size = (rgb.shape[1], rgb.shape[0])
         g = analysis_gray(rgb, analysis_size)
         times.append(t)
         scores.append(sharpness(g))
@@ -258,7 +260,6 @@ def score_frames(
         np.array(motion),
         np.array(segment, np.int64),
         lost=state["lost"],
-        size=size,
         min_sharpness=min_sharpness,
         seconds=time.perf_counter() - t0,
     )

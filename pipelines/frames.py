@@ -16,13 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 from tqdm.auto import tqdm
 
 from lotus3d.configs import FramesConfig, to_dict
 from lotus3d.errors import InputError
 from lotus3d.io import load_json, save_image, save_json
-from lotus3d.video import VideoInfo, iter_frames, probe, score_frames, select_keyframes
+from lotus3d.video import VideoInfo, fit_longest_side, iter_frames, probe, score_frames, select_keyframes
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,14 @@ def _source_id(video: Path) -> dict:
 
 
 def extract_frames(
-    video: str | Path, scene: str | Path, cfg: FramesConfig | None = None, progress: bool = True, force: bool = False
+    video: str | Path,
+    scene: str | Path | None = None,
+    cfg: FramesConfig | None = None,
+    progress: bool = True,
+    force: bool = False,
 ) -> FramesResult:
-    """Pick keyframes of ``video`` into ``scene``/images (``frame_<index>.jpg``) and ``scene``/frames.json.
+    """Pick keyframes of ``video`` into ``scene``/images (``frame_<index>.jpg``) and ``scene``/frames.json;
+    ``scene`` defaults to the video's path without its suffix (``clip.mp4`` -> ``clip/``).
 
     Raises:
         InputError: unreadable / empty video, no sharp frame, too few (overlapping) frames, or
@@ -59,7 +63,8 @@ def extract_frames(
     cfg = cfg or FramesConfig()
     if cfg.min_frames < 2 or cfg.max_frames < cfg.min_frames:
         raise InputError(f"need 2 <= --min-frames <= --max-frames (got {cfg.min_frames}, {cfg.max_frames})")
-    video, scene = Path(video), Path(scene)
+    video = Path(video)
+    scene = Path(scene) if scene is not None else video.with_suffix("")
     # 1. the header (and a first frame): a video we can read
     info = probe(video)
     images = scene / "images"
@@ -99,7 +104,7 @@ def extract_frames(
         with tqdm(total=len(keys), desc="writing keyframes", unit="frame", disable=not progress) as wbar:
             for i, _, rgb in iter_frames(video):
                 if i in wanted:
-                    save_image(tmp / wanted[i], _fit(rgb, cfg.max_side), quality=cfg.quality)
+                    save_image(tmp / wanted[i], fit_longest_side(rgb, cfg.max_side), quality=cfg.quality)
                     wbar.update(1)
                 if i >= keys[-1]:
                     break
@@ -155,12 +160,3 @@ def extract_frames(
     }
     save_json(record, report)
     return FramesResult(scene, names, [int(i) for i in keys], info, report)
-
-
-def _fit(rgb, max_side: int):
-    """Downscale an (H, W, 3) image so its longest side is at most ``max_side`` (0: unchanged)."""
-    h, w = rgb.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return rgb
-    s = max_side / max(h, w)
-    return cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)

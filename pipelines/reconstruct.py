@@ -87,7 +87,7 @@ def reconstruct(
     video: dict = {}
     if is_video(scene):
         t0 = time.perf_counter()
-        frames = extract_frames(scene, scene.with_suffix(""), frames_cfg, progress, force)
+        frames = extract_frames(scene, None, frames_cfg, progress, force)
         scene = frames.scene
         video = _video_summary(frames.report, time.perf_counter() - t0)
     elif (scene / FRAMES_JSON).is_file():

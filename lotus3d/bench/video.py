@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import FramesConfig, ReconstructConfig
-from ..io import save_image
 from ..mesh import Mesh, load_mesh_geometry
 from ..metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from ..pipelines.frames import extract_frames
 from ..pipelines.reconstruct import reconstruct
-from ..scenes import preset_meshes, world_light
+from ..scenes import preset_meshes
 from ..sfm import read_model
 from ..synthetic import merge_meshes
 from ..synthetic_video import walkaround_camera, write_simulated_predictions, write_walkaround
@@ -75,20 +74,18 @@ def run(out: Path | None = None, width: int = 640, height: int = 480, seed: int 
         # the same number of ideal photos along the same path
         ideal = root / "photos"
         n = len(picked)
-        ideal_cams = {}
-        for k in range(n):
-            cam = walkaround_camera(clip.objects, k * n_frames / n, n_frames, width, height, seed)
-            name = f"photo_{k:03d}.png"
-            save_image(ideal / "images" / name, clip.renderer.render(cam, world_light(cam)).image)
-            ideal_cams[name] = cam
-        write_simulated_predictions(clip.renderer, ideal, ideal_cams, seed)
+        ideal_cams = {
+            f"photo_{k:03d}.png": walkaround_camera(clip.objects, k * n_frames / n, n_frames, width, height, seed)
+            for k in range(n)
+        }
+        write_simulated_predictions(clip.renderer, ideal, ideal_cams, seed, photos=True)
         t0 = time.perf_counter()
         r_ideal = reconstruct(ideal, cfg=fast, progress=False)
         ideal_s = time.perf_counter() - t0
         f_ideal = _score(r_ideal.out, ideal_cams, gt)
         row = {
             "scene": scene_name,
-            "frames": len(frames.report["per_frame"]["sharpness"]),
+            "frames": frames.report["decoded_frames"],
             "blurred in clip": len(blurred),
             "dropped as blurred": len(frames.report["blurred"]),
             "blurred picked": len(set(frames.indices) & set(blurred)),
