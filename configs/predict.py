@@ -35,6 +35,11 @@ class PredictConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
         "auto", "model precision: auto = float16 on CUDA, float32 on CPU"
     )
+    backend: Literal["torch", "openvino"] = setting(
+        "torch",
+        "inference engine: torch, or openvino (CPU, float32; pip install 'lotus3d[openvino]'; each network "
+        "is converted once per machine and image shape, then cached; falls back to torch when unavailable)",
+    )
     share_encode: bool = setting(True, "encode each image once when both checkpoints' VAEs are identical")
     ray_cpus_per_worker: int = setting(1, "with --ray on machines without GPUs: CPUs (torch threads) per worker")
     on_error: Literal["skip", "fail"] = setting(

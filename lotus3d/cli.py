@@ -332,9 +332,9 @@ def _demo(args: argparse.Namespace) -> int:
     help="what this installation has: torch build and device, libraries, extras, Lotus weights found",
     description=(
         "Print the versions lotus3d runs with (Python, torch and its build, the device 'auto' picks, open3d, "
-        "pycolmap, PyAV, diffusers), which optional extras are installed (plots, app, ray), and whether the default "
-        "Lotus checkpoints are in the Hugging Face cache (nothing is downloaded). Exit code 1 when a required "
-        "library does not import."
+        "pycolmap, PyAV, diffusers), which optional extras are installed (plots, app, ray, openvino), and whether "
+        "the default Lotus checkpoints are in the Hugging Face cache (nothing is downloaded). Exit code 1 when a "
+        "required library does not import."
     ),
 )
 def _doctor(args: argparse.Namespace) -> int:
@@ -374,7 +374,12 @@ def _doctor(args: argparse.Namespace) -> int:
         except Exception as e:  # an import can fail for reasons other than absence (libusb for open3d)
             ok = False
             print(f"{name}: FAILS TO IMPORT ({e})")
-    extras = {"plots": ("matplotlib", "plotly", "pandas"), "app": ("gradio",), "ray": ("ray",)}
+    extras = {
+        "plots": ("matplotlib", "plotly", "pandas"),
+        "app": ("gradio",),
+        "ray": ("ray",),
+        "openvino": ("openvino",),
+    }
     for extra, dists in extras.items():
         found = [f"{d} {ver(d)}" for d in dists if ver(d)]
         state = ", ".join(found) if len(found) == len(dists) else f"not installed (pip install 'lotus3d[{extra}]')"
@@ -477,7 +482,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 @arguments(_eval_args)
 def _eval(args: argparse.Namespace) -> int:
     from lotus3d.errors import InputError
-    from lotus3d.mesh import load_mesh_geometry
+    from lotus3d.mesh import load_mesh
     from lotus3d.metrics import evaluate_mesh
     from lotus3d.sfm import read_model
 
@@ -486,8 +491,8 @@ def _eval(args: argparse.Namespace) -> int:
             raise InputError(f"mesh not found: {p}")
     cams = list(read_model(args.cameras).cameras.values()) if args.cameras else None
     metrics = evaluate_mesh(
-        load_mesh_geometry(args.pred),
-        load_mesh_geometry(args.gt),
+        load_mesh(args.pred),
+        load_mesh(args.gt),
         args.threshold,
         args.threshold_fraction,
         cams,

@@ -19,8 +19,6 @@ from .configs import PredictConfig
 from .errors import Lotus3DError
 from .types import Prediction
 
-FAULT_ENV = "LOTUS3D_FAULT_INJECT"  # tests only: "STEM:MARKER" makes a worker die once on view STEM
-
 
 class _Worker:
     """Ray actor body: a Lotus predictor loaded once, predicting a batch of images' bytes per call."""
@@ -38,12 +36,6 @@ class _Worker:
 
         images, results = {}, {}
         for stem, name, data in batch:
-            fault = os.environ.get(FAULT_ENV, "")
-            if fault.startswith(stem + ":"):
-                marker = Path(fault.split(":", 1)[1])
-                if not marker.exists():
-                    marker.write_text("crashed once")
-                    os._exit(1)  # simulate a worker that dies mid-view
             try:
                 images[stem] = decode_image(data, name)
             except Lotus3DError as e:
@@ -104,11 +96,7 @@ def predict_distributed(
     _init(address)
     n_actors, threads, gpus = pool_size(cpus_per_worker)
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=3)(_Worker)
-    env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
-    actors = [
-        remote.options(runtime_env={"env_vars": env} if env else None).remote(factory, asdict(cfg), threads)
-        for _ in range(n_actors)
-    ]
+    actors = [remote.remote(factory, asdict(cfg), threads) for _ in range(n_actors)]
     queue = list(items)
     failed: dict[str, str] = {}
     pending: dict = {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from . import multigrid
+from . import multigrid, threads
 from .errors import InputError
 from .multigrid import ordered_sum
 from .types import backproject
@@ -274,8 +274,8 @@ def integrate_normals(
     max_cg = STEP_CG_ITERATIONS if prior_depth is not None and solver == "multigrid" else 500
     slow = 0  # steps that needed STEP_CG_ITERATIONS or more
     work: dict = {}  # the solver's work arrays, allocated once for all steps
-    with multigrid.threads_for(valid.size):
-        reweight, assemble = multigrid.kernel(_reweight), multigrid.kernel(_assemble)
+    with threads.threads_for(valid.size):
+        reweight, assemble = threads.kernel(_reweight), threads.kernel(_assemble)
         assemble(au, av, bu, bv, valid, w, lam, zp, cx, cy, diag, rhs)
         for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is returned
             inner = min(max(cg_tol, 0.1 * change), 1e-2)

@@ -30,6 +30,11 @@ class Mesh:
         return self.uv is not None and self.texture is not None
 
     @property
+    def bounds(self) -> np.ndarray:
+        """(2, 3): the vertices' minimum and maximum corner."""
+        return np.stack([self.vertices.min(0), self.vertices.max(0)])
+
+    @property
     def num_triangles(self) -> int:
         return len(self.faces)
 
@@ -227,34 +232,19 @@ def export_mesh(mesh: Mesh | trimesh.Trimesh, path: str | Path) -> Path:
     return path
 
 
-def load_mesh_geometry(path: str | Path) -> Mesh:
-    """Vertices, faces (and vertex colours if any) of a mesh file."""
+def load_mesh(path: str | Path) -> Mesh:
+    """A mesh file (PLY / OBJ / GLB; a multi-part scene is concatenated) with its colour source:
+    ``uv`` + ``texture`` when it has a texture image, else ``colors`` when it has vertex or face
+    colours of its own (None for trimesh's default grey)."""
     loaded = trimesh.load(str(path), process=False, force="mesh")
-    colors = None
-    try:
-        vc = np.asarray(loaded.visual.vertex_colors)
-        if vc.ndim == 2 and len(vc) == len(loaded.vertices):
-            colors = vc[:, :3] / 255.0
-    except Exception:
-        pass
-    return Mesh(np.asarray(loaded.vertices, np.float64), np.asarray(loaded.faces, np.int64), colors)
-
-
-def load_textured_mesh(path: str | Path) -> Mesh | None:
-    """A mesh file with a UV texture as a :class:`Mesh` (``uv``, ``texture`` set); None when it has none."""
-    loaded = trimesh.load(str(path), process=False, force="mesh")
+    out = Mesh(np.asarray(loaded.vertices, np.float64), np.asarray(loaded.faces, np.int64))
     visual = loaded.visual
-    if not isinstance(visual, trimesh.visual.TextureVisuals) or visual.uv is None:
-        return None
-    material = visual.material
-    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
-    if image is None:
-        return None
-    texture = np.asarray(image.convert("RGB"), np.float32) / 255.0
-    return Mesh(
-        np.asarray(loaded.vertices, np.float64),
-        np.asarray(loaded.faces, np.int64),
-        None,
-        np.asarray(visual.uv),
-        texture,
-    )
+    if isinstance(visual, trimesh.visual.TextureVisuals):
+        material = visual.material
+        image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+        if visual.uv is not None and image is not None:
+            out.uv = np.asarray(visual.uv, np.float64)
+            out.texture = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    elif isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind is not None:
+        out.colors = np.asarray(visual.vertex_colors, np.float32)[:, :3] / 255.0
+    return out

@@ -22,68 +22,16 @@ Reductions add per-row sums in order, so results do not depend on the number of 
 integration's path is sensitive to rounding). Nothing here calls BLAS: an OpenBLAS worker left
 spinning after a LAPACK pseudo-inverse or numpy's dot products took the second core of a 2-core
 machine, which made the single-threaded kernels 1.6x slower and hid any gain from threads. Two
-cores now give about 1.6x (768 x 576 cow: 0.6-0.7 s instead of 1.0-1.1 s).
+cores now give about 1.6x (768 x 576 cow: 0.6-0.7 s instead of 1.0-1.1 s). How many threads the
+kernels use, and what a forked child does, is :mod:`lotus3d.threads`' policy.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
-
-import numba
 import numpy as np
 from numba import njit, prange
 
-# OpenMP first for the parallel loops (numba's default tries TBB first, which warns when the TBB found
-# is too old; the fallback stays TBB, then numba's own work queue).
-numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-
-_OPENMP_PID: int | None = None  # the process that first ran the parallel kernels
-_SERIAL: dict = {}  # parallel kernel -> its single-threaded twin, for forked children
-
-
-def forked_child() -> bool:
-    """Whether this process was forked from one that had already run the parallel kernels. GNU
-    OpenMP cannot start threads in such a child (numba terminates it), so there they run on one
-    thread."""
-    global _OPENMP_PID
-    pid = os.getpid()
-    if _OPENMP_PID is None:
-        _OPENMP_PID = pid
-    return pid != _OPENMP_PID
-
-
-# At most one thread per this many grid pixels (see threads_for).
-PIXELS_PER_THREAD = 8192
-
-
-@contextlib.contextmanager
-def threads_for(pixels: int) -> Iterator[None]:
-    """Run the parallel kernels on at most one thread per PIXELS_PER_THREAD pixels of a grid (never
-    more than numba's count): a small grid spread over many cores would spend its time starting and
-    joining threads. Measured on 2 cores: a 256^2 view of a bottle, 96 x 206 pixels, took 30 ms on
-    one thread (the earlier rule, one thread per 64 rows) and 22 ms on two."""
-    if forked_child():
-        yield
-        return
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(before, pixels // PIXELS_PER_THREAD)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
-def kernel(fn):
-    """The parallel numba kernel ``fn``, or in a forked child (see :func:`forked_child`) a
-    single-threaded twin compiled from the same code on first use there."""
-    if not forked_child():
-        return fn
-    if fn not in _SERIAL:
-        _SERIAL[fn] = njit(fn.py_func)
-    return _SERIAL[fn]
-
+from .threads import forked_child, kernel
 
 # Piecewise-constant prolongation underestimates smooth corrections; scaling the coarse correction
 # (the preconditioner stays symmetric) cut CG iterations about 3x on normal-integration systems

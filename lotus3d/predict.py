@@ -16,7 +16,8 @@ The computation follows the official Lotus pipeline step by step (``docs/inferen
 Speed on CPU: when the depth and normal checkpoints carry identical VAE weights (checked, not
 assumed) the image is encoded once for both; the prompt embedding is computed once at load and
 the text encoder is freed; inference runs under ``torch.inference_mode`` with the VAE in
-``channels_last`` memory format.
+``channels_last`` memory format. ``backend="openvino"`` runs the VAE and UNet on OpenVINO's CPU
+kernels instead (:mod:`lotus3d.predict_openvino`); the steps around them are the same code.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ REQUIRED_FILES = ("unet/config.json", "vae/config.json", "scheduler/scheduler_co
 TEXT_FILES = ("text_encoder/config.json", "tokenizer")
 TIMESTEP = 999
 Variant = Literal["g", "d"]
+Backend = Literal["torch", "openvino"]
 
 
 # ------------------------------------------------------------------------------ checkpoint loading
@@ -157,8 +159,8 @@ class LotusModel:
     name: str
     path: Path
     variant: Variant
-    unet: torch.nn.Module
-    vae: torch.nn.Module
+    unet: torch.nn.Module  # or predict_openvino.OpenVINOUNet: called alike
+    vae: torch.nn.Module  # or predict_openvino.OpenVINOVae
     prompt_embeds: torch.Tensor
     init_noise_sigma: float
 
@@ -173,12 +175,17 @@ def load_lotus(
     dtype: torch.dtype = torch.float32,
     vae: torch.nn.Module | None = None,
     local_files_only: bool | None = None,
+    backend: Backend = "torch",
+    openvino_config: dict | None = None,
 ) -> LotusModel:
     """Load a Lotus checkpoint (Hugging Face id or local diffusers folder) with diffusers.
 
     Args:
         vae: an already-loaded VAE to use instead of the checkpoint's (only pass one whose
             weights equal the checkpoint's; see :func:`vae_weights_equal`).
+        backend: "torch", or "openvino" (CPU, float32): the UNet and VAE become
+            :mod:`lotus3d.predict_openvino` networks, converted on first use and cached on disk.
+        openvino_config: OpenVINO compile properties (see :func:`lotus3d.predict_openvino.compile_config`).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -188,17 +195,25 @@ def load_lotus(
     if not info["has_text_encoder"]:
         raise ModelError(f"{path} is not a complete Lotus checkpoint: missing text_encoder/ or tokenizer/")
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-        if vae is None:
-            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+        if backend == "openvino":
+            from . import predict_openvino as pov
+
+            cfg, index = openvino_config or pov.compile_config(), pov.cache_root() / "hashes.json"
+            unet = pov.OpenVINOUNet(path, cfg, index, None)
+            vae = vae if vae is not None else pov.OpenVINOVae(path, cfg, index, None)
+        else:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+            if vae is None:
+                vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
         scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
         prompt_embeds = empty_prompt_embedding(path, device, dtype)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load the Lotus checkpoint at {path}: {e}") from None
-    unet.to(device).eval().requires_grad_(False)
-    vae.to(device).eval().requires_grad_(False)
-    if torch.device(device).type == "cpu":
-        vae.to(memory_format=torch.channels_last)
+    if backend == "torch":
+        unet.to(device).eval().requires_grad_(False)
+        vae.to(device).eval().requires_grad_(False)
+        if torch.device(device).type == "cpu":
+            vae.to(memory_format=torch.channels_last)
     return LotusModel(
         name=str(name_or_path),
         path=path,
@@ -385,6 +400,7 @@ class LotusPredictor:
         depth_kind: DepthKind = "disparity",
         options: PredictorOptions | None = None,
         shared_vae: bool = False,
+        backend: Backend = "torch",
     ):
         if depth is None and normal is None:
             raise ValueError("need a depth model, a normal model, or both")
@@ -393,6 +409,7 @@ class LotusPredictor:
         self.depth_kind: DepthKind = depth_kind
         self.options = options or PredictorOptions()
         self.shared_vae = shared_vae and depth is not None and normal is not None
+        self.backend: Backend = backend
 
     @classmethod
     def from_pretrained(
@@ -404,20 +421,35 @@ class LotusPredictor:
         dtype: str = "auto",
         options: PredictorOptions | None = None,
         local_files_only: bool | None = None,
+        backend: Backend = "torch",
     ) -> LotusPredictor:
         """Load the depth and normal checkpoints (either may be None).
 
         The VAE is shared when both checkpoints hold identical VAE weights (compared tensor by
-        tensor) and ``options.share_encode`` is on.
+        tensor) and ``options.share_encode`` is on. ``backend="openvino"`` runs the networks on
+        OpenVINO (CPU, float32, or bfloat16 when ``dtype`` says so); without the ``openvino``
+        package, or with a CUDA device or float16, it says why and uses torch.
         """
         options = options or PredictorOptions()
         dev, tdtype = resolve_device(device, dtype)
+        backend = _usable_backend(backend, dev, tdtype)
         configure_threads()
+        ov_config = None
+        if backend == "openvino":
+            from .predict_openvino import compile_config
+
+            ov_config = compile_config(torch.get_num_threads(), precision="bf16" if tdtype == torch.bfloat16 else "f32")
         dpath = resolve_checkpoint(depth_model, local_files_only) if depth_model else None
-        depth = load_lotus(dpath, dev, tdtype) if dpath else None
+        depth = load_lotus(dpath, dev, tdtype, backend=backend, openvino_config=ov_config) if dpath else None
         npath = resolve_checkpoint(normal_model, local_files_only) if normal_model else None
         shared = bool(depth and npath and options.share_encode and vae_weights_equal(dpath, npath))
-        normal = load_lotus(npath, dev, tdtype, vae=depth.vae if shared else None) if npath else None
+        normal = (
+            load_lotus(
+                npath, dev, tdtype, vae=depth.vae if shared else None, backend=backend, openvino_config=ov_config
+            )
+            if npath
+            else None
+        )
         if depth is not None:
             depth.name = str(depth_model)
         if normal is not None:
@@ -426,19 +458,20 @@ class LotusPredictor:
         if depth is not None:
             kind = guess_depth_kind(str(depth_model), depth.path) if depth_kind == "auto" else depth_kind
         log.info(
-            "lotus: depth=%s (%s, %s) normal=%s shared VAE=%s",
+            "lotus: depth=%s (%s, %s) normal=%s shared VAE=%s backend=%s",
             depth_model,
             depth and depth.variant,
             kind,
             normal_model,
             shared,
+            backend,
         )
-        return cls(depth, normal, kind, options, shared_vae=shared)
+        return cls(depth, normal, kind, options, shared_vae=shared, backend=backend)
 
     @property
     def device(self) -> torch.device:
-        m = self.depth or self.normal
-        return next(m.unet.parameters()).device
+        unet = (self.depth or self.normal).unet
+        return unet.device if hasattr(unet, "device") else next(unet.parameters()).device
 
     def settings(self) -> dict:
         """Everything besides the models that changes the output (the cache's up-to-date check)."""
@@ -503,6 +536,27 @@ class LotusPredictor:
         depth = results[0].mean(axis=-1).astype(np.float32) if results[0] is not None else None
         normal = lotus_normals_to_opencv(results[1]) if results[1] is not None else None
         return depth, normal
+
+
+def _usable_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -> Backend:
+    """``backend`` when it can run here, else "torch" with a warning saying why."""
+    if backend == "torch":
+        return backend
+    if backend != "openvino":
+        raise ValueError(f"backend must be torch or openvino; got {backend!r}")
+    from .predict_openvino import available
+
+    why = None
+    if not available():
+        why = "the openvino package is not installed (pip install 'lotus3d[openvino]')"
+    elif device.type != "cpu":
+        why = f"it runs on the CPU and the device is {device}"
+    elif dtype not in (torch.float32, torch.bfloat16):
+        why = f"it runs in float32 (or bfloat16) and the dtype is {str(dtype).replace('torch.', '')}"
+    if why:
+        log.warning("OpenVINO backend not used: %s; running Lotus with torch", why)
+        return "torch"
+    return backend
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:

@@ -95,7 +95,7 @@ Predictions: {html.escape(str(rep.get("predictions", {}).get("depth", {})))}.</p
 {"".join(sections)}
 </body></html>
 """
-    path = scene.out / "report.html"
+    path = scene.layout.report_html
     with atomic_write(path, "w") as f:
         f.write(doc)
     return path

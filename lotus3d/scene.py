@@ -17,7 +17,8 @@ from .align import sample_prediction
 from .cache import PredictionCache
 from .errors import InputError
 from .io import IMAGE_EXTENSIONS, load_image, load_json
-from .mesh import Mesh, load_mesh_geometry, load_textured_mesh
+from .layout import OutputLayout
+from .mesh import Mesh, load_mesh
 from .sfm import SfMModel, read_model
 from .types import Alignment, Camera, Prediction
 
@@ -57,7 +58,7 @@ class View:
     @cached_property
     def depth(self) -> np.ndarray | None:
         """(H, W) aligned depth in scene units (NaN = none), or None for an excluded view."""
-        p = self._scene.out / "depth" / f"{self.stem}.npy"
+        p = self._scene.layout.depth(self.stem)
         return np.load(p) if p.is_file() else None
 
     @property
@@ -93,6 +94,7 @@ class Scene:
 
     def __init__(self, out: Path, report: dict, alignments: dict[str, Alignment]):
         self.out = out
+        self.layout = OutputLayout(out)
         self.report = report
         self._alignments = alignments
         self.scene_dir = Path(report.get("scene", out.parent))
@@ -104,36 +106,33 @@ class Scene:
         Raises:
             InputError: saying which stage to run when the folder is missing or incomplete.
         """
-        out = Path(out)
-        if not (out / "report.json").is_file() and (out / "lotus3d" / "report.json").is_file():
-            out = out / "lotus3d"
+        layout = OutputLayout(Path(out))
+        if not layout.report.is_file() and OutputLayout.for_scene(layout.root).report.is_file():
+            layout = OutputLayout.for_scene(layout.root)
+        out = layout.root
         if not out.is_dir():
             raise InputError(f"no reconstruction at {out}: run 'lotus3d reconstruct SCENE' first")
-        if not (out / "sparse" / "cameras.txt").is_file():
+        if not (layout.sparse / "cameras.txt").is_file():
             raise InputError(
                 f"{out} has no sparse model (sparse/): the poses stage did not finish; run 'lotus3d reconstruct SCENE'"
             )
-        if not (out / "work" / "alignment.json").is_file():
+        if not layout.alignment_record.is_file():
             raise InputError(
-                f"{out} has no alignment record (work/alignment.json): the alignment stage did not "
-                "finish; run 'lotus3d reconstruct SCENE'"
+                f"{out} has no alignment record ({layout.alignment_record.relative_to(out)}): the alignment "
+                "stage did not finish; run 'lotus3d reconstruct SCENE'"
             )
-        if not (out / "report.json").is_file():
+        if not layout.report.is_file():
             raise InputError(
-                f"{out} has no report.json: the fusion / mesh stage did not finish; "
+                f"{out} has no {layout.report.name}: the fusion / mesh stage did not finish; "
                 "run 'lotus3d reconstruct SCENE' to complete it"
             )
-        alignments = {n: Alignment(**a) for n, a in load_json(out / "work" / "alignment.json").items()}
-        report = load_json(out / "report.json")
-        for name, view in report.get("views", {}).items():  # held-out errors after refinement too
-            if name in alignments and view.get("heldout"):
-                alignments[name].heldout = view["heldout"]
-        return cls(out, report, alignments)
+        report = layout.read_report()
+        return cls(out, report, layout.read_alignments(report))
 
     # ------------------------------------------------------------------ lazily loaded parts
     @cached_property
     def model(self) -> SfMModel:
-        return read_model(self.out / "sparse")
+        return read_model(self.layout.sparse)
 
     @cached_property
     def views(self) -> dict[str, View]:
@@ -141,16 +140,17 @@ class Scene:
 
     @cached_property
     def mesh(self) -> Mesh:
-        path = self.out / "mesh.ply"
+        path = self.layout.mesh("ply")
         if not path.is_file():
             raise InputError(f"{path} is missing: run 'lotus3d reconstruct' to finish the mesh stage")
-        return load_mesh_geometry(path)
+        return load_mesh(path)
 
     @cached_property
     def textured_mesh(self) -> Mesh | None:
         """The GLB with its baked texture (``uv``, ``texture`` set), or None without one."""
-        path = self.out / "mesh.glb"
-        return load_textured_mesh(path) if path.is_file() else None
+        path = self.layout.mesh("glb")
+        mesh = load_mesh(path) if path.is_file() else None
+        return mesh if mesh is not None and mesh.textured else None
 
     @cached_property
     def frames(self) -> dict | None:

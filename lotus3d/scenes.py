@@ -13,11 +13,10 @@ from typing import Literal
 
 import numpy as np
 
+from .mesh import Mesh, export_mesh, load_mesh
 from .simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
 from .synthetic import (
     Renderer,
-    TexturedMesh,
-    load_mesh,
     merge_meshes,
     orbit_cameras,
     sample_sparse_points,
@@ -35,7 +34,7 @@ def bundled_cow() -> Path:
     return Path(__file__).resolve().parent / "data" / "spot_cow" / "cow.obj"
 
 
-def preset_meshes(preset: str, seed: int = 0, extra_mesh: str | Path | None = None) -> list[TexturedMesh]:
+def preset_meshes(preset: str, seed: int = 0, extra_mesh: str | Path | None = None) -> list[Mesh]:
     """Meshes of a preset scene, y up, in metres-like units.
 
     - "orbit": the Spot cow (about 1.7 long) on a textured floor.
@@ -73,9 +72,7 @@ def world_light(cam: Camera) -> np.ndarray:
     return cam.world_to_camera[:3, :3] @ WORLD_LIGHT
 
 
-def preset_cameras(
-    preset: str, meshes: list[TexturedMesh], n: int, width: int, height: int, seed: int = 0
-) -> list[Camera]:
+def preset_cameras(preset: str, meshes: list[Mesh], n: int, width: int, height: int, seed: int = 0) -> list[Camera]:
     """Cameras orbiting the objects (not the floor) of a preset."""
     objects = merge_meshes(meshes[:-1])
     dist = 2.3 if preset == "orbit" else 2.0
@@ -107,7 +104,6 @@ def write_scene(
     """
     from .cache import CacheMeta, PredictionCache
     from .io import save_image, save_json, save_npy
-    from .mesh import Mesh, export_mesh
     from .sfm import SfMModel, ViewObservations, write_model_text
 
     out = Path(out)

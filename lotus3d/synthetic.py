@@ -14,7 +14,6 @@ Everything is in the mesh's units and the OpenCV camera convention; poses are wo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,55 +21,8 @@ import open3d as o3d
 import trimesh
 from scipy import ndimage
 
+from .mesh import Mesh
 from .types import Camera, Prediction, intrinsics_from_fov, pixel_rays
-
-
-# ------------------------------------------------------------------------------------------- mesh
-@dataclass
-class TexturedMesh:
-    """Triangle mesh with a colour source: per-corner UVs + texture, or per-vertex colours."""
-
-    vertices: np.ndarray  # (V, 3) float64
-    faces: np.ndarray  # (F, 3) int
-    uv: np.ndarray | None = None  # (V, 2) texture coordinates (OpenGL: v up)
-    texture: np.ndarray | None = None  # (Ht, Wt, 3) float32 in [0, 1]
-    vertex_colors: np.ndarray | None = None  # (V, 3) float32 in [0, 1]
-
-    @property
-    def bounds(self) -> np.ndarray:
-        return np.stack([self.vertices.min(0), self.vertices.max(0)])
-
-    def to_open3d(self) -> o3d.t.geometry.TriangleMesh:
-        m = o3d.t.geometry.TriangleMesh()
-        m.vertex.positions = o3d.core.Tensor(self.vertices.astype(np.float32))
-        m.triangle.indices = o3d.core.Tensor(self.faces.astype(np.int32))
-        return m
-
-    def to_trimesh(self) -> trimesh.Trimesh:
-        return trimesh.Trimesh(self.vertices, self.faces, process=False)
-
-
-def load_mesh(path: str | Path) -> TexturedMesh:
-    """Load an OBJ / PLY / GLB with its texture or vertex colours (trimesh)."""
-    loaded = trimesh.load(str(path), process=False)
-    if isinstance(loaded, trimesh.Scene):
-        loaded = loaded.to_geometry() if hasattr(loaded, "to_geometry") else loaded.dump(concatenate=True)
-    mesh: trimesh.Trimesh = loaded
-    out = TexturedMesh(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64))
-    visual = mesh.visual
-    if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:
-        image = getattr(visual.material, "image", None) or getattr(visual.material, "baseColorTexture", None)
-        if image is not None:
-            out.uv = np.asarray(visual.uv, np.float64)
-            out.texture = np.asarray(image.convert("RGB"), np.float32) / 255.0
-    if out.texture is None:
-        try:
-            vc = np.asarray(mesh.visual.to_color().vertex_colors, np.float32)[:, :3] / 255.0
-            if vc.std() > 1e-3:
-                out.vertex_colors = vc
-        except Exception:
-            pass
-    return out
 
 
 # ---------------------------------------------------------------------------------------- cameras
@@ -91,7 +43,7 @@ def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarra
 
 
 def orbit_cameras(
-    mesh: TexturedMesh,
+    mesh: Mesh,
     n: int,
     width: int = 640,
     height: int = 480,
@@ -141,21 +93,25 @@ class RenderedView:
 
 
 class Renderer:
-    """Ray casts one or more :class:`TexturedMesh` (Open3D RaycastingScene): texture x Lambert shading."""
+    """Ray casts one or more :class:`Mesh` (Open3D RaycastingScene): texture x Lambert shading."""
 
-    def __init__(self, meshes: TexturedMesh | list[TexturedMesh], background: tuple[float, float, float] = (0, 0, 0)):
-        self.meshes = [meshes] if isinstance(meshes, TexturedMesh) else list(meshes)
+    def __init__(self, meshes: Mesh | list[Mesh], background: tuple[float, float, float] = (0, 0, 0)):
+        self.meshes = [meshes] if isinstance(meshes, Mesh) else list(meshes)
         self.scene = o3d.t.geometry.RaycastingScene()
         self.face_normals = []
         for m in self.meshes:
-            self.scene.add_triangles(m.to_open3d())
+            self.scene.add_triangles(
+                o3d.t.geometry.TriangleMesh(
+                    o3d.core.Tensor(m.vertices.astype(np.float32)), o3d.core.Tensor(m.faces.astype(np.int32))
+                )
+            )
             v, f = m.vertices, m.faces
             fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
             self.face_normals.append(fn / np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-12))
         self.background = np.asarray(background, np.float32)
 
     @property
-    def mesh(self) -> TexturedMesh:
+    def mesh(self) -> Mesh:
         """All meshes merged into one (geometry only)."""
         return merge_meshes(self.meshes)
 
@@ -195,7 +151,7 @@ class Renderer:
         )
 
 
-def _albedo(m: TexturedMesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
+def _albedo(m: Mesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
     """(N, 3) surface colour at barycentric positions ``bary`` (N, 2) of faces ``fid`` (N,)."""
     f = m.faces[fid]
     w1, w2 = bary[:, 0:1], bary[:, 1:2]
@@ -208,8 +164,8 @@ def _albedo(m: TexturedMesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
         return np.stack(
             [ndimage.map_coordinates(m.texture[..., c], [y, x], order=1, mode="nearest") for c in range(3)], -1
         ).astype(np.float32)
-    if m.vertex_colors is not None:
-        vc = m.vertex_colors
+    if m.colors is not None:
+        vc = m.colors
         return (w0 * vc[f[:, 0]] + w1 * vc[f[:, 1]] + w2 * vc[f[:, 2]]).astype(np.float32)
     # procedural texture from the 3D position, so that SIFT finds features on untextured meshes
     p = w0 * m.vertices[f[:, 0]] + w1 * m.vertices[f[:, 1]] + w2 * m.vertices[f[:, 2]]
@@ -218,29 +174,29 @@ def _albedo(m: TexturedMesh, fid: np.ndarray, bary: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(g, 0, 1)[:, None], 3, -1).astype(np.float32)
 
 
-def merge_meshes(meshes: list[TexturedMesh]) -> TexturedMesh:
+def merge_meshes(meshes: list[Mesh]) -> Mesh:
     """Geometry of several meshes as one (no colour)."""
     verts, faces, off = [], [], 0
     for m in meshes:
         verts.append(m.vertices)
         faces.append(m.faces + off)
         off += len(m.vertices)
-    return TexturedMesh(np.concatenate(verts), np.concatenate(faces))
+    return Mesh(np.concatenate(verts), np.concatenate(faces))
 
 
 def transformed(
-    mesh: TexturedMesh, scale: float = 1.0, rotation: np.ndarray | None = None, translation: np.ndarray | None = None
-) -> TexturedMesh:
+    mesh: Mesh, scale: float = 1.0, rotation: np.ndarray | None = None, translation: np.ndarray | None = None
+) -> Mesh:
     """A copy of ``mesh`` with vertices ``scale * R @ v + t``."""
     R = np.eye(3) if rotation is None else rotation
     t = np.zeros(3) if translation is None else translation
     v = scale * mesh.vertices @ R.T + t
-    return TexturedMesh(v, mesh.faces.copy(), mesh.uv, mesh.texture, mesh.vertex_colors)
+    return Mesh(v, mesh.faces.copy(), mesh.colors, mesh.uv, mesh.texture)
 
 
 def textured_floor(
     center: np.ndarray, size: float, height: float, rng: np.random.Generator, up_axis: int = 1, resolution: int = 1024
-) -> TexturedMesh:
+) -> Mesh:
     """A square floor (two triangles) of side ``size`` at ``height`` along ``up_axis``, with a random
     multi-scale stone-like texture (plenty of SIFT features)."""
     a, b = [i for i in range(3) if i != up_axis]
@@ -255,7 +211,7 @@ def textured_floor(
         g = rng.uniform(-1, 1, (cells, cells, 3))
         tex += amp * ndimage.zoom(g, (resolution / cells, resolution / cells, 1), order=1)[:resolution, :resolution]
     tex = np.clip(0.5 + 0.5 * tex * np.array([0.9, 0.8, 0.7]), 0, 1).astype(np.float32)
-    return TexturedMesh(corners, np.array([[0, 1, 2], [0, 2, 3]]), uv, tex)
+    return Mesh(corners, np.array([[0, 1, 2], [0, 2, 3]]), uv=uv, texture=tex)
 
 
 # ------------------------------------------------------------------------------- sparse SfM points
@@ -289,7 +245,7 @@ def sample_sparse_points(
     """
     rng = np.random.default_rng(seed)
     merged = renderer.mesh
-    tm = merged.to_trimesh()
+    tm = trimesh.Trimesh(merged.vertices, merged.faces, process=False)
     pts, fids = trimesh.sample.sample_surface(tm, n * 3, seed=int(rng.integers(1 << 31)))
     pts = np.asarray(pts)
     diag = float(np.linalg.norm(np.ptp(merged.vertices, 0)))

@@ -14,13 +14,14 @@ from typing import Literal
 
 import numpy as np
 
+from .mesh import Mesh
 from .scenes import preset_meshes, world_light
-from .synthetic import Renderer, TexturedMesh, look_at, merge_meshes
+from .synthetic import Renderer, look_at, merge_meshes
 from .types import Camera, intrinsics_from_fov
 
 
 def walkaround_camera(
-    objects: TexturedMesh, s: float, n: int, width: int, height: int, seed: int = 0, fov_deg: float = 55.0
+    objects: Mesh, s: float, n: int, width: int, height: int, seed: int = 0, fov_deg: float = 55.0
 ) -> Camera:
     """The camera at path position ``s`` in [0, n) (frame units) of an ``n``-frame loop around ``objects``."""
     lo, hi = objects.bounds
@@ -49,7 +50,7 @@ class WalkaroundVideo:
     cameras: list[Camera]
     blurred: list[int]
     renderer: Renderer
-    objects: TexturedMesh
+    objects: Mesh
 
 
 def write_walkaround(

@@ -28,6 +28,7 @@ in [0, 1] undistorted to the cameras' pinhole K; UVs in OpenGL convention (origi
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,14 +98,20 @@ def _project(points: np.ndarray, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
 
 
 def view_quality(
-    mesh: Mesh, cameras: list[Camera], opts: TextureOptions | None = None, progress: bool = False
+    mesh: Mesh,
+    cameras: list[Camera],
+    opts: TextureOptions | None = None,
+    progress: bool = False,
+    valid: Callable[[int], np.ndarray | None] | None = None,
 ) -> FaceViews:
     """The ``opts.candidates`` best views of every face (see the module docstring, step 1).
 
     A face is visible in a view when its centroid projects inside the image, it faces the camera
     more than ``opts.min_cos``, and the ray through that pixel hits the face itself or a surface
     within 1.5 mean edge lengths of the centroid's depth (a sub-pixel face hides behind its
-    neighbours' hits, an occluder does not)."""
+    neighbours' hits, an occluder does not). With ``valid`` (view i -> (H, W) bool, or None for all
+    pixels), its three corners must also fall on valid pixels (an undistorted photo has none where the
+    original image ends)."""
     opts = opts or TextureOptions()
     v, f = mesh.vertices, mesh.faces
     tri = v[f]  # (F, 3, 3)
@@ -131,6 +138,12 @@ def view_quality(
         ok = (cos > opts.min_cos) & (hit_self | hit_near)
         idx = idx[ok]
         corners, _ = _project(tri[idx], cam)  # (n, 3, 2)
+        mask = valid(i) if valid is not None else None
+        if mask is not None:
+            cx = np.clip(np.round(corners[..., 0]), 0, cam.width - 1).astype(np.int64)
+            cy = np.clip(np.round(corners[..., 1]), 0, cam.height - 1).astype(np.int64)
+            keep = mask[cy, cx].all(1)
+            idx, corners = idx[keep], corners[keep]
         e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
         q = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
         # replace each face's worst candidate when this view is better
@@ -169,7 +182,9 @@ def photo_consistency(
         image = _blur(load(int(i)), 3.0)
         colours[rows, cols] = sample_bilinear(image, _project(centroid[rows], cameras[int(i)])[0])
     voters = np.flatnonzero((fv.views >= 0).sum(1) >= 3)
-    median = np.nanmedian(colours[voters], axis=1, keepdims=True)
+    with warnings.catch_warnings():  # a face whose every candidate falls on NaN pixels has no median
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(colours[voters], axis=1, keepdims=True)
     far = np.zeros(fv.views.shape, bool)
     far[voters] = np.linalg.norm(colours[voters] - median, axis=2) > threshold
     views = np.where(far, -1, fv.views)
@@ -425,16 +440,18 @@ def bake(
     load: Callable[[int], np.ndarray],
     opts: TextureOptions | None = None,
     progress: bool = False,
+    valid: Callable[[int], np.ndarray | None] | None = None,
 ) -> TextureResult:
     """Texture ``mesh`` from the photos of ``cameras`` (``load(i)``: view i's undistorted (H, W, 3)
     image in [0, 1]); the returned mesh has per-vertex ``uv`` and a ``texture`` (S, S, 3) float32,
-    S <= ``opts.max_size``, and keeps ``mesh.colors`` for its vertices."""
+    S <= ``opts.max_size``, and keeps ``mesh.colors`` for its vertices. ``valid(i)``: view i's (H, W)
+    bool mask of pixels with colour (None: all); NaN pixels are never copied into the atlas either way."""
     opts = opts or TextureOptions()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if len(mesh.faces) == 0:
         raise ValueError("cannot texture an empty mesh")
-    fv = view_quality(mesh, cameras, opts, progress)
+    fv = view_quality(mesh, cameras, opts, progress, valid)
     timings["visibility"] = time.perf_counter() - t0
     if opts.consistency > 0:
         t = time.perf_counter()
@@ -455,6 +472,9 @@ def bake(
     seams = seam_samples(mesh, labels, patch_of_face, adjacency, edges)
     if opts.level:
         ca, cb = _seam_colours(seams, cameras, load, progress)
+        ok = np.isfinite(ca).all(1) & np.isfinite(cb).all(1)  # undistorted photos are NaN outside the original
+        seams = SeamSamples(*(x[ok] for x in (seams.points, seams.a, seams.b, seams.pa, seams.pb)))
+        ca, cb = ca[ok], cb[ok]
         gains = level_gains(ca, cb, seams.a, seams.b, n_views)
     timings["levelling"] = time.perf_counter() - t
 
@@ -492,8 +512,9 @@ def bake(
             if pid in local:
                 rect = rect + cv2.resize(local[pid], (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
             x, y = pos[pid]
-            atlas[y : y + h, x : x + w] = rect
-            known[y : y + h, x : x + w] = True
+            valid = np.isfinite(rect).all(-1)  # NaN where an undistorted photo has no pixel: filled below
+            atlas[y : y + h, x : x + w] = np.where(valid[..., None], rect, 0.0)
+            known[y : y + h, x : x + w] = valid
     # faces no view sees: a flat cell of their mean vertex colour
     cell_colour = mesh.colors[mesh.faces[unseen]].mean(1) if mesh.colors is not None else np.full((len(unseen), 3), 0.5)
     for k in range(len(unseen)):

@@ -16,7 +16,7 @@ from pathlib import Path
 from lotus3d import scenes
 from lotus3d.configs import PredictConfig, ReconstructConfig
 from lotus3d.errors import ModelError
-from lotus3d.mesh import load_mesh_geometry
+from lotus3d.mesh import load_mesh
 from lotus3d.metrics import evaluate_mesh
 from lotus3d.pipelines.predict import predict_scene
 from lotus3d.pipelines.reconstruct import reconstruct
@@ -78,7 +78,7 @@ def run_demo(
         shutil.rmtree(scene / "predictions")
         predict_scene(scene, pcfg, progress=progress)
     result = reconstruct(scene, cfg=cfg, predict_cfg=pcfg, progress=progress)
-    gt = load_mesh_geometry(scene / "gt" / "mesh.ply")
+    gt = load_mesh(scene / "gt" / "mesh.ply")
     cams = list(read_model(scene / "sparse" / "0").cameras.values())
-    metrics = evaluate_mesh(load_mesh_geometry(result.mesh_paths[0]), gt, cameras=cams, n_samples=100_000)
+    metrics = evaluate_mesh(load_mesh(result.mesh_paths[0]), gt, cameras=cams, n_samples=100_000)
     return DemoResult(scene, result.mesh_paths[0], metrics, use_lotus, why, time.perf_counter() - start)

@@ -60,6 +60,7 @@ def load_predictor(cfg: PredictConfig) -> LotusPredictor:
         device=cfg.device,
         dtype=cfg.dtype,
         options=PredictorOptions.from_config(cfg),
+        backend=cfg.backend,
     )
 
 

@@ -1,12 +1,7 @@
 """Photos (or a video) -> coloured mesh: poses, predictions, per-view alignment, TSDF fusion, mesh.
 
-Reads top to bottom like the steps it runs. Outputs (the contract other tools rely on)::
-
-    OUT/mesh.ply                           the mesh, vertex colours, scene units
-    OUT/mesh.glb (+ mesh.obj, .mtl, .png)  the same mesh with a UV texture baked from the photos
-    OUT/sparse/                            the COLMAP model used (text; pinhole cameras)
-    OUT/depth/<stem>.npy                   aligned depth, float32 [H, W], scene units, NaN = none
-    OUT/report.json                        per-view alignment, per-stage timings, settings, versions
+Reads top to bottom like the steps it runs. Writes the folder that :mod:`lotus3d.layout` describes
+(mesh.ply / .glb / .obj, sparse/, depth/<stem>.npy, report.json).
 
 Every file is written atomically. A finished stage is skipped on a re-run when its settings and
 inputs are unchanged (``OUT/.state.json``), unless ``force``.
@@ -19,7 +14,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +25,7 @@ from lotus3d.cache import PredictionCache
 from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
 from lotus3d.io import image_size, list_images, load_image, load_json, save_json, save_npy
+from lotus3d.layout import OutputLayout, alignment_json
 from lotus3d.pipelines.frames import FRAMES_JSON, extract_frames
 from lotus3d.pipelines.predict import predict_scene, scene_images_dir
 from lotus3d.types import Alignment, Camera
@@ -40,17 +36,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReconstructResult:
+    """What :func:`reconstruct` wrote: the folder, its mesh files, report.json's content and the
+    per-view alignments."""
+
     out: Path
     mesh_paths: list[Path]
     report: dict
     views: dict[str, Alignment] = field(default_factory=dict)
 
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.out)
+
 
 class _State:
     """Fingerprints of finished stages, so that a re-run resumes."""
 
-    def __init__(self, out: Path, force: bool):
-        self.path = out / ".state.json"
+    def __init__(self, layout: OutputLayout, force: bool):
+        self.path = layout.state
         self.data = {} if force or not self.path.is_file() else load_json(self.path)
 
     def done(self, stage: str, fingerprint: str) -> bool:
@@ -94,15 +97,15 @@ def reconstruct(
         video = _video_summary(load_json(scene / FRAMES_JSON), None)
     if not scene.is_dir():
         raise InputError(f"scene folder not found: {scene}")
-    out = Path(out) if out else scene / "lotus3d"
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(out, force)
+    layout = OutputLayout.for_scene(scene, out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    state = _State(layout, force)
     timings: dict[str, float] = {"frames": video["seconds"]} if video.get("seconds") is not None else {}
     images = {p.name: p for p in list_images(scene_images_dir(scene))}
 
     # 1. poses and sparse points
     t0 = time.perf_counter()
-    model, sfm_report = _poses(scene, out, images, cfg, state)
+    model, sfm_report = _poses(scene, layout, images, cfg, state)
     timings["sfm"] = time.perf_counter() - t0
 
     # 2. predictions for every registered view
@@ -112,7 +115,7 @@ def reconstruct(
 
     # 3. per-view scale / shift against the sparse points -> OUT/depth/<stem>.npy
     t0 = time.perf_counter()
-    alignments = _align_views(out, model, cache, images, cfg, state, progress)
+    alignments = _align_views(layout, model, cache, images, cfg, state, progress)
     timings["align"] = time.perf_counter() - t0
     good = [n for n, a in alignments.items() if a.ok]
     if not good:
@@ -122,19 +125,19 @@ def reconstruct(
     # 4. fusion, 5. dense multi-view refinement (re-fuse while held-out points improve), 6. mesh
     t0 = time.perf_counter()
     fuse_fp = _fingerprint(state.data.get("align"), to_dict(cfg))
-    mesh_paths = [out / f"mesh.{f}" for f in _formats(cfg)]
+    mesh_paths = [layout.mesh(f) for f in _formats(cfg)]
     fusion: dict = {}
     refinement: list[dict] = []
     texturing: dict = {}
     if not (state.done("mesh", fuse_fp) and all(p.is_file() for p in mesh_paths)):
-        depth_dir = out / "work" / "aligned"
+        depth_dir = layout.stage_depth_dir("aligned")
         fused, fusion = _fuse(depth_dir, model, cache, images, alignments, cfg, progress)
         cleaned = mesh.remove_small_components(fused, cfg.min_component_fraction)
         timings["fuse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for k in range(1, cfg.refine_rounds + 1):
             t_round = time.perf_counter()
-            refined_dir = out / "work" / f"refined_{k}"
+            refined_dir = layout.stage_depth_dir(f"refined_{k}")
             info = _refine(depth_dir, refined_dir, cleaned, model, alignments, cfg, progress)
             if info["accepted"]:
                 fused, fusion = _fuse(refined_dir, model, cache, images, alignments, cfg, progress)
@@ -147,7 +150,7 @@ def reconstruct(
         t0 = time.perf_counter()
         for name in good:
             stem = Path(name).stem
-            save_npy(out / "depth" / f"{stem}.npy", np.load(depth_dir / f"{stem}.npy"))
+            save_npy(layout.depth(stem), np.load(depth_dir / f"{stem}.npy"))
         cleaned = mesh.simplify(cleaned, cfg.simplify)
         if cleaned.num_triangles == 0:
             raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
@@ -163,19 +166,17 @@ def reconstruct(
         fusion["triangles"] = cleaned.num_triangles
         state.mark("mesh", fuse_fp)
     else:
-        previous = load_json(out / "report.json") if (out / "report.json").is_file() else {}
+        previous = layout.read_report()
         fusion = previous.get("fusion", {})
         refinement = previous.get("refinement", [])
         texturing = previous.get("texture", {})
-        for name, view in previous.get("views", {}).items():
-            if name in alignments and view.get("heldout"):
-                alignments[name].heldout = view["heldout"]
+        alignments = layout.read_alignments(previous)
 
     report = {
         "scene": str(scene),
         "video": video,
         "sfm": sfm_report,
-        "views": {n: _alignment_json(a) for n, a in alignments.items()},
+        "views": {n: alignment_json(a) for n, a in alignments.items()},
         "aligned_views": len(good),
         "excluded_views": {n: a.reason for n, a in alignments.items() if not a.ok},
         "fusion": fusion,
@@ -186,20 +187,18 @@ def reconstruct(
         "settings": {"reconstruct": to_dict(cfg), "predict": to_dict(predict_cfg)},
         "predictions": cache.read_meta().to_json(),
         "versions": _versions(),
-        "outputs": {"mesh": _mesh_outputs(out, mesh_paths), "sparse": "sparse/", "depth": "depth/"},
+        "outputs": {"mesh": _mesh_outputs(mesh_paths), "sparse": "sparse/", "depth": "depth/"},
     }
-    save_json(out / "report.json", report)
-    return ReconstructResult(out, mesh_paths, report, alignments)
+    layout.write_report(report)
+    return ReconstructResult(layout.root, mesh_paths, report, alignments)
 
 
 # ------------------------------------------------------------------------------------- stages
-def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConfig, state: _State):
+def _poses(scene: Path, layout: OutputLayout, images: dict[str, Path], cfg: ReconstructConfig, state: _State):
     given = Path(cfg.colmap) if cfg.colmap else (scene / "sparse" / "0" if (scene / "sparse" / "0").is_dir() else None)
     fp = _fingerprint(str(given), sorted(images), cfg.matcher, cfg.camera_mode, cfg.sfm_max_image_size, cfg.mapper)
-    if state.done("sfm", fp) and (out / "sparse" / "cameras.txt").is_file():
-        model = sfm.read_model(out / "sparse")
-        report = load_json(out / "report.json").get("sfm", {}) if (out / "report.json").is_file() else {}
-        return model, report
+    if state.done("sfm", fp) and (layout.sparse / "cameras.txt").is_file():
+        return sfm.read_model(layout.sparse), layout.read_report().get("sfm", {})
     if given is not None:
         model = sfm.read_model(given)
         missing = sorted(set(model.cameras) - set(images))
@@ -215,7 +214,7 @@ def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConf
         video = (scene / FRAMES_JSON).is_file()  # video frames: one camera, in capture order
         model, report = sfm.run_sfm(
             scene_images_dir(scene),
-            out / "work" / "colmap",
+            layout.colmap_work,
             "sequential" if video and cfg.matcher == "auto" else cfg.matcher,
             "single" if video and cfg.camera_mode == "auto" else cfg.camera_mode,
             cfg.sfm_max_image_size,
@@ -225,7 +224,7 @@ def _poses(scene: Path, out: Path, images: dict[str, Path], cfg: ReconstructConf
     if len(model.cameras) < 2:
         raise ReconstructionError(f"only {len(model.cameras)} registered image(s) in the model; at least two needed")
     _check_sizes(model, images)
-    sfm.write_model_text(model, out / "sparse")
+    sfm.write_model_text(model, layout.sparse)
     state.mark("sfm", fp)
     return model, report
 
@@ -271,7 +270,7 @@ def _predictions(
 
 
 def _align_views(
-    out: Path,
+    layout: OutputLayout,
     model: sfm.SfMModel,
     cache: PredictionCache,
     images: dict[str, Path],
@@ -290,9 +289,8 @@ def _align_views(
         cfg.holdout_every,
         [(_mtime(cache.depth_path(Path(n).stem))) for n in model.names],
     )
-    record = out / "work" / "alignment.json"
-    if state.done("align", fp) and record.is_file():
-        return {n: Alignment(**a) for n, a in load_json(record).items()}
+    if state.done("align", fp) and layout.alignment_record.is_file():
+        return layout.read_alignments()
     opts = align.AlignOptions(min_points=cfg.min_points)
     local_opts = align.LocalOptions() if cfg.local_method == "grid" else align.LocalOptions.dense()
     result: dict[str, Alignment] = {}
@@ -325,10 +323,10 @@ def _align_views(
                         "heldout_after": round(corr.heldout_after, 5),
                     }
                 al.heldout["local"] = _heldout_error(depth, uv[heldout], z[heldout])
-            save_npy(out / "work" / "aligned" / f"{Path(name).stem}.npy", depth)
+            save_npy(layout.stage_depth_dir("aligned") / f"{Path(name).stem}.npy", depth)
         else:
             log.warning("view %s excluded: %s", name, al.reason)
-    save_json(record, {n: asdict(a) for n, a in result.items()})
+    layout.write_alignments(result)
     state.mark("align", fp)
     return result
 
@@ -509,18 +507,22 @@ def _texture(
     def load(i: int) -> np.ndarray:
         return sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
 
+    def valid(i: int) -> np.ndarray | None:
+        maps, cam = model.undistort_maps.get(good[i]), model.cameras[good[i]]
+        return None if maps is None else np.isfinite(sfm.undistort(np.zeros((cam.height, cam.width), np.float32), maps))
+
     opts = texture.TextureOptions(max_size=cfg.texture_size)
-    result = texture.bake(cleaned, [model.cameras[n] for n in good], load, opts, progress)
+    result = texture.bake(cleaned, [model.cameras[n] for n in good], load, opts, progress, valid)
     return result.mesh, result.stats
 
 
-def _mesh_outputs(out: Path, mesh_paths: list[Path]) -> list[str]:
+def _mesh_outputs(mesh_paths: list[Path]) -> list[str]:
     """The mesh files written, an OBJ's material and texture included."""
     names = []
     for p in mesh_paths:
         names.append(p.name)
         if p.suffix == ".obj":
-            names += [q.name for q in (p.with_suffix(".mtl"), p.with_suffix(".png")) if (out / q.name).is_file()]
+            names += [q.name for q in (p.with_suffix(".mtl"), p.with_suffix(".png")) if q.is_file()]
     return names
 
 
@@ -578,12 +580,6 @@ def _formats(cfg: ReconstructConfig) -> list[str]:
     if bad or not fmts:
         raise InputError(f"unknown mesh format(s) {bad or cfg.formats!r}: use ply, glb, obj")
     return fmts
-
-
-def _alignment_json(a: Alignment) -> dict:
-    d = asdict(a)
-    d["residual_percentiles"] = {k: round(v, 5) for k, v in a.residual_percentiles.items()}
-    return d
 
 
 def _mtime(p: Path) -> float | None:

@@ -127,7 +127,7 @@ def test_tsdf_of_exact_depth_reproduces_the_surface(small_scene):
 
 
 def test_remove_small_components_and_export(tmp_path):
-    big = synthetic.load_mesh(scenes.bundled_cow())
+    big = mesh.load_mesh(scenes.bundled_cow())
     tiny = synthetic.transformed(big, 0.01, None, np.array([5.0, 0, 0]))
     merged = synthetic.merge_meshes([big, tiny])
     m = mesh.Mesh(merged.vertices, merged.faces, np.full((len(merged.vertices), 3), 0.5))
@@ -136,14 +136,14 @@ def test_remove_small_components_and_export(tmp_path):
     assert cleaned.num_triangles >= len(big.faces) * 0.99
     for suffix in ("ply", "glb", "obj"):
         p = mesh.export_mesh(cleaned, tmp_path / f"m.{suffix}")
-        assert mesh.load_mesh_geometry(p).faces.shape[0] == cleaned.num_triangles
+        assert mesh.load_mesh(p).faces.shape[0] == cleaned.num_triangles
     with pytest.raises(ValueError, match="unsupported mesh format"):
         mesh.export_mesh(cleaned, tmp_path / "m.stl")
     assert mesh.simplify(cleaned, 1000).num_triangles <= 1000
 
 
 def test_metrics_identity_and_offset():
-    cow = synthetic.load_mesh(scenes.bundled_cow())
+    cow = mesh.load_mesh(scenes.bundled_cow())
     m = mesh.Mesh(cow.vertices, cow.faces)
     same = metrics.evaluate_mesh(m, m, n_samples=20000)
     assert same["fscore"] > 0.99 and same["chamfer"] < 0.01

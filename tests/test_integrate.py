@@ -257,9 +257,9 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
     m = v.mask & np.isfinite(depth)
     assert m.sum() > 0.8 * v.mask.sum()  # the object and floor are reconstructed, the background is not
     assert not np.isfinite(depth[~v.mask]).any() or np.isfinite(depth[~v.mask]).mean() < 0.2
-    from lotus3d.mesh import load_mesh_geometry
+    from lotus3d.mesh import load_mesh
 
-    assert len(load_mesh_geometry(tmp_path / "photo.glb").faces) > 1000
+    assert len(load_mesh(tmp_path / "photo.glb").faces) > 1000
     # decimated on request
     args = [
         "single",
@@ -270,14 +270,14 @@ def test_single_command_from_a_prediction_cache(tmp_path, capsys):
         str(tmp_path / "pred"),
     ]
     assert main([*args, "--simplify", "2000"]) == 0
-    assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 2000
+    assert 0 < len(load_mesh(tmp_path / "small.glb").faces) <= 2000
     report = json.loads((tmp_path / "small.json").read_text())  # no K, no EXIF: the focal from the normals,
     source = report["intrinsics_source"]  # or the default where the normals do not determine it (said so)
     assert source.startswith("estimated from the normals") or "(default: " in source
     # settings from a YAML file (SingleConfig), the command line winning; --fov with --K refused
     (tmp_path / "cfg.yaml").write_text("single:\n  scale: 2.0\n  simplify: 1500\n")
     assert main([*args, "--config", str(tmp_path / "cfg.yaml"), "--scale", "5.0"]) == 0
-    assert 0 < len(load_mesh_geometry(tmp_path / "small.glb").faces) <= 1500
+    assert 0 < len(load_mesh(tmp_path / "small.glb").faces) <= 1500
     assert np.nanmedian(np.load(tmp_path / "small.depth.npy")) == pytest.approx(5.0, rel=1e-3)
     capsys.readouterr()
     assert main([*args, "--fov", "50", "--K", str(tmp_path / "K.txt")]) == 2
@@ -376,7 +376,7 @@ def test_integration_does_not_depend_on_the_number_of_threads():
     moves the final error by a few percent)."""
     import numba
 
-    from lotus3d import multigrid
+    from lotus3d import threads as policy
     from lotus3d.bench.single import cow_view
 
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
@@ -384,7 +384,7 @@ def test_integration_does_not_depend_on_the_number_of_threads():
         pytest.skip("one core: nothing to compare")
     _, normal, K, mask = cow_view(256, 200)  # cropped grid above PARALLEL_PIXELS: parallel sweeps too
     ys, xs = np.nonzero(mask)  # and enough pixels for two threads (threads_for)
-    assert (np.ptp(ys) + 3) * (np.ptp(xs) + 3) >= 2 * multigrid.PIXELS_PER_THREAD
+    assert (np.ptp(ys) + 3) * (np.ptp(xs) + 3) >= 2 * policy.PIXELS_PER_THREAD
     depths = []
     for n in (1, threads):
         numba.set_num_threads(n)

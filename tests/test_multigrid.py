@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from lotus3d import multigrid
+from lotus3d import multigrid, threads
 
 
 def _system(h: int, w: int, seed: int = 0):
@@ -216,9 +216,9 @@ def test_work_arrays_kept_across_solves_give_the_same_results():
 def test_small_grids_use_fewer_threads_and_the_count_is_restored():
     before = numba.get_num_threads()
     for pixels in (100, 10_000, 20_000, 10**7):
-        with multigrid.threads_for(pixels):
-            assert numba.get_num_threads() == max(1, min(before, pixels // multigrid.PIXELS_PER_THREAD))
+        with threads.threads_for(pixels):
+            assert numba.get_num_threads() == max(1, min(before, pixels // threads.PIXELS_PER_THREAD))
         assert numba.get_num_threads() == before
-    with pytest.raises(RuntimeError), multigrid.threads_for(10):
+    with pytest.raises(RuntimeError), threads.threads_for(10):
         raise RuntimeError("a failing solve")
     assert numba.get_num_threads() == before

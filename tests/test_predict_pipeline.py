@@ -170,5 +170,12 @@ def test_version_and_doctor(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "torch 2." in out and "build); device 'auto' -> " in out
-    for line in ("open3d ", "pycolmap ", "extra 'plots': ", "extra 'app': gradio", "weights jingheya/lotus-depth"):
+    for line in (
+        "open3d ",
+        "pycolmap ",
+        "extra 'plots': ",
+        "extra 'app': gradio",
+        "extra 'openvino': ",
+        "weights jingheya/lotus-depth",
+    ):
         assert line in out, line

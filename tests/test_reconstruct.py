@@ -14,7 +14,7 @@ from lotus3d.cache import PredictionCache
 from lotus3d.cli import main
 from lotus3d.configs import ReconstructConfig
 from lotus3d.errors import CacheError, InputError, ReconstructionError
-from lotus3d.mesh import load_mesh_geometry
+from lotus3d.mesh import load_mesh
 from lotus3d.metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from lotus3d.pipelines.reconstruct import reconstruct
 from lotus3d.scenes import write_scene
@@ -41,9 +41,9 @@ def _copy(scene, dst, predictions=True, sparse=True):
 
 
 def _score(scene, out, threshold_fraction=0.02, transform=None):
-    gt = load_mesh_geometry(scene / "gt" / "mesh.ply")
+    gt = load_mesh(scene / "gt" / "mesh.ply")
     cams = list(read_model(scene / "sparse" / "0").cameras.values())
-    pred = load_mesh_geometry(out / "mesh.ply")
+    pred = load_mesh(out / "mesh.ply")
     if transform is not None:
         pred = transform_mesh(pred, *transform)
     return evaluate_mesh(pred, gt, cameras=cams, n_samples=60000, threshold_fraction=threshold_fraction)
@@ -117,7 +117,7 @@ def test_outputs_follow_the_contract_and_resume(scene, tmp_path):
     glb = trimesh.load(out / "mesh.glb", force="mesh", process=False)
     assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.uv.shape == (len(glb.vertices), 2)
     assert rep["texture"]["size"] <= 4096 and rep["texture"]["patches"] > 0 and "texture" in rep["timings_s"]
-    assert load_mesh_geometry(out / "mesh.ply").colors is not None
+    assert load_mesh(out / "mesh.ply").colors is not None
     mtime = (out / "mesh.ply").stat().st_mtime_ns
     again = reconstruct(scene, out, progress=False)
     assert (out / "mesh.ply").stat().st_mtime_ns == mtime and "fuse" not in again.report["timings_s"]

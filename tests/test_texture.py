@@ -10,17 +10,17 @@ from lotus3d import synthetic, texture
 from lotus3d.bench.texture import psnr
 from lotus3d.mesh import Mesh, export_mesh, render_colors
 from lotus3d.scenes import world_light
-from lotus3d.synthetic import Renderer, TexturedMesh
+from lotus3d.synthetic import Renderer
 from lotus3d.types import intrinsics_from_fov
 
 
-def _fine(m: TexturedMesh, levels: int) -> TexturedMesh:
+def _fine(m: Mesh, levels: int) -> Mesh:
     """``m`` with every face split into 4 ``levels`` times (UVs interpolated), as fine as a TSDF mesh."""
     v, f, uv = m.vertices, m.faces, m.uv
     for _ in range(levels):
         v, f, attrs = trimesh.remesh.subdivide(v, f, vertex_attributes={"uv": uv})
         uv = attrs["uv"]
-    return TexturedMesh(v, f, uv, m.texture)
+    return Mesh(v, f, uv=uv, texture=m.texture)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def floor_scene():
     return floor, cams, photos
 
 
-def _vertex_colours(m: TexturedMesh, cams, photos) -> np.ndarray:
+def _vertex_colours(m: Mesh, cams, photos) -> np.ndarray:
     """Per vertex, the photo's colour at its projection in the first view that sees it."""
     colors = np.zeros((len(m.vertices), 3))
     done = np.zeros(len(m.vertices), bool)
@@ -84,6 +84,28 @@ def test_levelling_removes_a_per_view_exposure_change(floor_scene):
         assert psnr(a, truth.image, m) > psnr(b, truth.image, m) + 1.0
 
 
+def test_photos_with_nan_borders_give_a_finite_texture(floor_scene):
+    """Undistorted photos are NaN where the original image ends: no NaN may reach the atlas or the
+    exposure gains, and with the valid masks the faces there take their colour from other views."""
+    floor, cams, photos = floor_scene
+    geometry = Mesh(floor.vertices, floor.faces, _vertex_colours(floor, cams, photos))
+    images = []
+    for p in photos:
+        image = p.image.copy()
+        image[:, :16], image[:, -16:], image[:16], image[-16:] = np.nan, np.nan, np.nan, np.nan
+        images.append(image)
+    clean = texture.bake(geometry, cams, lambda i: photos[i].image)
+    blind = texture.bake(geometry, cams, lambda i: images[i])
+    masked = texture.bake(geometry, cams, lambda i: images[i], valid=lambda i: np.isfinite(images[i]).all(-1))
+    scores = []
+    for baked in (clean, blind, masked):
+        assert np.isfinite(baked.mesh.texture).all() and np.isfinite(baked.gains).all()
+        assert np.abs(np.log(baked.gains)).max() < 0.05  # one exposure everywhere: gains stay near 1
+        tex, depth = render_colors(baked.mesh, cams[0])
+        scores.append(psnr(tex, photos[0].image, photos[0].mask & np.isfinite(depth)))
+    assert scores[2] > scores[0] - 1.5 and scores[1] < scores[2] - 3.0, scores
+
+
 def test_occluded_faces_take_no_colour_from_the_occluding_view():
     """A red card floats in front of a grey wall; camera 0 sees the wall's middle only through the card,
     camera 1 sees the wall from the side, past the card."""
@@ -118,7 +140,7 @@ def test_occluded_faces_take_no_colour_from_the_occluding_view():
     assert hidden_px.sum() > 50 and np.abs(red[hidden_px]).max() < 0.1
 
 
-def _plane(center: np.ndarray, size: float, edge: float, color) -> TexturedMesh:
+def _plane(center: np.ndarray, size: float, edge: float, color) -> Mesh:
     n = int(round(size / edge)) + 1
     xs = np.linspace(-size / 2, size / 2, n)
     x, y = np.meshgrid(xs, xs)
@@ -126,7 +148,7 @@ def _plane(center: np.ndarray, size: float, edge: float, color) -> TexturedMesh:
     i = np.arange(n * n).reshape(n, n)
     a, b, c, d = i[:-1, :-1].ravel(), i[:-1, 1:].ravel(), i[1:, 1:].ravel(), i[1:, :-1].ravel()
     f = np.concatenate([np.column_stack([a, b, c]), np.column_stack([a, c, d])])
-    return TexturedMesh(v, f, vertex_colors=np.tile(np.asarray(color, np.float32), (len(v), 1)))
+    return Mesh(v, f, colors=np.tile(np.asarray(color, np.float32), (len(v), 1)))
 
 
 def _pixel_points(depth: np.ndarray, cam) -> np.ndarray:

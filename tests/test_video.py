@@ -13,7 +13,7 @@ from lotus3d.cli import main
 from lotus3d.configs import FramesConfig
 from lotus3d.errors import InputError
 from lotus3d.io import load_image
-from lotus3d.mesh import Mesh, load_mesh_geometry
+from lotus3d.mesh import Mesh, load_mesh
 from lotus3d.metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from lotus3d.pipelines.frames import extract_frames
 from lotus3d.scenes import preset_meshes
@@ -178,7 +178,7 @@ def test_reconstruct_video_end_to_end(clip, tmp_path):
     assert any(a == frames.names[0] and b in frames.names[-4:] for a, b in pairs)  # the loop is closed
     est = read_model(scene / "lotus3d" / "sparse").cameras
     gt = merge_meshes(preset_meshes("orbit"))
-    pred = transform_mesh(load_mesh_geometry(scene / "lotus3d" / "mesh.ply"), *similarity_from_cameras(est, cams))
+    pred = transform_mesh(load_mesh(scene / "lotus3d" / "mesh.ply"), *similarity_from_cameras(est, cams))
     m = evaluate_mesh(pred, Mesh(gt.vertices, gt.faces), cameras=list(cams.values()), n_samples=40000)
     assert m["fscore"] > 0.7
     from lotus3d.report import write_report

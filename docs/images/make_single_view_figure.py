@@ -14,7 +14,7 @@ import numpy as np
 from lotus3d.cache import CacheMeta, PredictionCache
 from lotus3d.configs import SingleConfig
 from lotus3d.io import load_image, save_image
-from lotus3d.mesh import load_textured_mesh, render_colors
+from lotus3d.mesh import load_mesh, render_colors
 from lotus3d.pipelines.single import run_single
 from lotus3d.scenes import preset_cameras, preset_meshes, world_light
 from lotus3d.simulate import simulate_realistic
@@ -36,7 +36,7 @@ def main(out: Path = OUT) -> None:
         cache.write("photo", simulate_realistic(view, np.random.default_rng(0)))
         result = run_single(tmp / "photo.png", tmp / "photo.glb", SingleConfig(fov=55.0), predictions=tmp / "pred")
         preview = load_image(result.preview)
-        mesh = load_textured_mesh(result.mesh)
+        mesh = load_mesh(result.mesh)
     # the mesh (in the photo's camera frame) seen from 35 degrees to the side, around its median depth
     target = np.array([0.0, 0.0, float(np.median(mesh.vertices[:, 2]))])
     a = np.radians(35.0)

@@ -3,7 +3,10 @@
 ``lotus3d bench predict`` builds two random-initialised SD2-sized Lotus G checkpoints (depth and
 normal; same VAE and text encoder weights, as the real ones) once into a cache folder, then runs
 each contender in its own process on the same image and reports wall time, peak resident memory
-and the largest difference between the outputs.
+and the largest difference between the outputs. Contenders: the reference, ours on torch, and ours
+on OpenVINO when it is installed (run twice: the first run converts the networks unless the
+OpenVINO cache already holds them, and reports that separately; the second is timed from a warm
+cache, its first call compiling the cached networks and its second call the steady state).
 
 The reference follows the official code path: one full pipeline per task held in memory (UNet,
 VAE, text encoder, tokenizer), the empty prompt encoded on every call, the image encoded once per
@@ -106,8 +109,20 @@ def _worker(which: str, depth: Path, normal: Path, res: int, out: Path) -> None:
         depth_y = d_pipe(image, res)
         normal_y = n_pipe(image, res)
         d, n = depth_y.mean(-1), lotus_normals_to_opencv(normal_y)
-    else:
+    elif which == "ours":
         pred = LotusPredictor.from_pretrained(depth, normal, device="cpu", options=PredictorOptions(processing_res=res))
+        t1 = time.perf_counter()
+        p = pred.predict(image)
+        d, n = p.depth, p.normal
+    else:  # openvino: the first call converts (cold cache) or compiles (warm); the second is timed
+        pred = LotusPredictor.from_pretrained(
+            depth, normal, device="cpu", options=PredictorOptions(processing_res=res), backend="openvino"
+        )
+        t_first = time.perf_counter()
+        pred.predict(image)
+        first_s = time.perf_counter() - t_first
+        parts = [pred.depth.unet.net, pred.depth.vae.encoder, pred.depth.vae.decoder, pred.normal.unet.net]
+        extra = {"first_call_s": first_s, "conversions": sum(q.conversions for q in parts)}
         t1 = time.perf_counter()
         p = pred.predict(image)
         d, n = p.depth, p.normal
@@ -115,7 +130,11 @@ def _worker(which: str, depth: Path, normal: Path, res: int, out: Path) -> None:
     np.save(out / f"{which}_depth.npy", d)
     np.save(out / f"{which}_normal.npy", n)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"load_s": t1 - t0, "predict_s": t2 - t1, "peak_bytes": peak}))
+    result = {"load_s": t1 - t0, "predict_s": t2 - t1, "peak_bytes": peak}
+    if which == "openvino":
+        result["load_s"] = t_first - t0
+        result.update(extra)
+    print(json.dumps(result))
 
 
 def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None, out: Path | None = None) -> dict:
@@ -125,13 +144,16 @@ def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     depth, normal = ensure_models(models, size)
     results = {}
-    for which in ("reference", "ours"):
+    contenders = ["reference", "ours"]
+    if _has_openvino():
+        contenders += ["openvino_cold", "openvino"]
+    for which in contenders:
         cmd = [
             sys.executable,
             "-m",
             "lotus3d.bench.predict",
             "--worker",
-            which,
+            which.replace("_cold", ""),
             "--depth",
             str(depth),
             "--normal",
@@ -146,9 +168,12 @@ def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None
             raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
         results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
         r = results[which]
+        first = (
+            f"   first call {r['first_call_s']:6.1f} s ({r['conversions']} conversions)" if "first_call_s" in r else ""
+        )
         print(
-            f"{which:9s}: predict {r['predict_s']:7.2f} s   load {r['load_s']:5.2f} s   "
-            f"peak memory {r['peak_bytes'] / 2**30:5.2f} GiB",
+            f"{which:13s}: predict {r['predict_s']:7.2f} s   load {r['load_s']:5.2f} s   "
+            f"peak memory {r['peak_bytes'] / 2**30:5.2f} GiB{first}",
             flush=True,
         )
     diff_d = float(np.abs(np.load(out / "ours_depth.npy") - np.load(out / "reference_depth.npy")).max())
@@ -172,8 +197,41 @@ def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None
         f"{summary['time_ratio_incl_load']:.3f}), peak memory {summary['memory_ratio']:.3f}; "
         f"max |diff| depth {diff_d:.2e}, normal (0..1 scale) {diff_n:.2e}"
     )
+    if "openvino" in results:
+        ov_run = results["openvino"]
+        summary["openvino"] = ov_run
+        summary["openvino_cold"] = results["openvino_cold"]
+        summary["openvino_time_ratio"] = ov_run["predict_s"] / ref["predict_s"]
+        summary["openvino_time_ratio_first_call"] = ov_run["first_call_s"] / ref["predict_s"]
+        summary["openvino_vs_torch"] = ov_run["predict_s"] / ours["predict_s"]
+        summary["openvino_memory_ratio"] = ov_run["peak_bytes"] / ref["peak_bytes"]
+        summary["openvino_max_abs_diff_depth"] = float(
+            np.abs(np.load(out / "openvino_depth.npy") - np.load(out / "reference_depth.npy")).max()
+        )
+        summary["openvino_max_abs_diff_normal_01"] = float(
+            np.abs(np.load(out / "openvino_normal.npy") - np.load(out / "reference_normal.npy")).max() / 2
+        )
+        sm = summary
+        cold = sm["openvino_cold"]
+        if cold["conversions"]:
+            cold_note = f"first call with a cold cache ({cold['conversions']} conversions) {cold['first_call_s']:.0f} s"
+        else:
+            cold_note = "the conversion cache was already warm (delete it to time the conversion)"
+        print(
+            f"ratio openvino/reference: time {sm['openvino_time_ratio']:.3f} (first call, compiling the "
+            f"cached networks: {sm['openvino_time_ratio_first_call']:.3f}), vs torch backend "
+            f"{sm['openvino_vs_torch']:.3f}, peak memory {sm['openvino_memory_ratio']:.3f}; max |diff| "
+            f"depth {sm['openvino_max_abs_diff_depth']:.2e}, normal {sm['openvino_max_abs_diff_normal_01']:.2e}; "
+            f"{cold_note}"
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _has_openvino() -> bool:
+    from ..predict_openvino import available
+
+    return available()
 
 
 def option_effects(size: str = "sd2", models: Path | None = None) -> list[dict]:
@@ -220,18 +278,71 @@ def option_effects(size: str = "sd2", models: Path | None = None) -> list[dict]:
     return rows
 
 
+def openvino_levers(size: str = "sd2", processing_res: int = 768, models: Path | None = None) -> list[dict]:
+    """Each OpenVINO setting against the default (f32, LATENCY hint, every core), network by network
+    on the bench image's shapes (from the warm conversion cache): time per call and max |difference|
+    of the output. Also one batched decode of the depth and normal latents against two calls."""
+    from ..predict import encode, load_lotus
+    from ..predict_openvino import cache_root, compile_config
+
+    models = models or Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    depth, _ = ensure_models(models, size)
+    x = preprocess(torch.from_numpy(bench_image()).permute(2, 0, 1)[None].float(), processing_res)
+    threads = torch.get_num_threads()
+    variants = {
+        "default (f32, LATENCY)": compile_config(threads),
+        "THROUGHPUT hint": compile_config(threads, "THROUGHPUT"),
+        "1 thread": compile_config(1),
+        "bf16 (opt-in)": {**compile_config(threads), "INFERENCE_PRECISION_HINT": "bf16"},
+    }
+    rows, ref = [], {}
+    for name, cfg in variants.items():
+        m = load_lotus(depth, backend="openvino", openvino_config=cfg)
+        gen = torch.Generator().manual_seed(42)
+        z = encode(m.vae, x, gen)
+        inp = torch.cat([z, torch.randn(z.shape, generator=gen)], 1)
+        t = torch.full((1,), TIMESTEP, dtype=torch.long)
+        args = (inp, t, m.prompt_embeds, task_class_labels(1, "cpu", torch.float32))
+        calls = {
+            "encoder": lambda m=m: m.vae.encoder(x),
+            "unet": lambda m=m, a=args: m.unet.net(*a),
+            "decoder": lambda m=m, z=z: m.vae.decoder(z / m.scaling_factor),
+        }
+        if name.startswith("default"):
+            zz = torch.cat([z, z]) / m.scaling_factor
+            calls["decoder, batch of 2"] = lambda m=m, zz=zz: m.vae.decoder(zz)
+        for part, call in calls.items():
+            call()  # compile (and warm up)
+            t0 = time.perf_counter()
+            y = call()
+            dt = time.perf_counter() - t0
+            if part == "decoder, batch of 2":
+                dt /= 2
+                y = y[:1]
+            ref.setdefault(part.split(",")[0], y)
+            diff = float((y - ref[part.split(",")[0]]).abs().max())
+            rows.append({"variant": name, "part": part, "seconds": dt, "max_abs_diff": diff})
+            print(f"{name:24s} {part:20s} {dt:7.2f} s per image   max |diff| {diff:.2e}", flush=True)
+        del m
+    print(f"(OpenVINO conversion cache: {cache_root()})")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--worker", choices=("reference", "ours"))
+    ap.add_argument("--worker", choices=("reference", "ours", "openvino"))
     ap.add_argument("--depth", type=Path)
     ap.add_argument("--normal", type=Path)
     ap.add_argument("--res", type=int, default=768)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--size", default="sd2", choices=("tiny", "sd2"))
     ap.add_argument("--options", action="store_true", help="measure each deviation from the official path")
+    ap.add_argument("--openvino-levers", action="store_true", help="measure each OpenVINO setting, network by network")
     args = ap.parse_args(argv)
     if args.options:
         option_effects(args.size)
+    elif args.openvino_levers:
+        openvino_levers(args.size, args.res)
     elif args.worker:
         _worker(args.worker, args.depth, args.normal, args.res, args.out)
     else:

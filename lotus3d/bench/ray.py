@@ -16,8 +16,9 @@ import numpy as np
 from ..configs import PredictConfig
 from ..dummy_models import make_lotus_checkpoint
 from ..io import save_image
+from ..mesh import load_mesh
 from ..scenes import bundled_cow
-from ..synthetic import Renderer, load_mesh, orbit_cameras
+from ..synthetic import Renderer, orbit_cameras
 
 
 def run(n_views: int = 16, out: Path | None = None, processing_res: int = 256) -> dict:

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..cache import CacheMeta, PredictionCache
 from ..configs import ReconstructConfig
-from ..mesh import load_mesh_geometry
+from ..layout import OutputLayout
+from ..mesh import load_mesh
 from ..metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from ..scenes import write_scene
 from ..sfm import read_model
@@ -89,12 +90,13 @@ def oracle_affine_cache(scene: Path, target: Path) -> None:
 def evaluate(scene: Path, out: Path, own_sfm: bool = False) -> dict:
     """F-scores, accuracy, completeness, chamfer of ``out``/mesh.ply against the scene's GT mesh; with
     ``own_sfm`` the mesh is first brought into the GT frame by the similarity between the cameras."""
-    gt = load_mesh_geometry(scene / "gt" / "mesh.ply")
+    gt = load_mesh(scene / "gt" / "mesh.ply")
     ref = read_model(scene / "sparse" / "0").cameras
     cams = list(ref.values())
-    pred = load_mesh_geometry(out / "mesh.ply")
+    layout = OutputLayout(out)
+    pred = load_mesh(layout.mesh("ply"))
     if own_sfm:
-        pred = transform_mesh(pred, *similarity_from_cameras(read_model(out / "sparse").cameras, ref))
+        pred = transform_mesh(pred, *similarity_from_cameras(read_model(layout.sparse).cameras, ref))
     m = evaluate_mesh(pred, gt, cameras=cams, n_samples=150_000)
     m1 = evaluate_mesh(pred, gt, cameras=cams, n_samples=150_000, threshold_fraction=0.01)
     m["fscore_1pct"] = m1["fscore"]

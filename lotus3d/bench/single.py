@@ -43,8 +43,9 @@ from threadpoolctl import threadpool_limits
 
 from ..integrate import integrate_normals, log_depth_gradients
 from ..io import load_image
+from ..mesh import load_mesh
 from ..scenes import bundled_cow
-from ..synthetic import Renderer, load_mesh, look_at
+from ..synthetic import Renderer, look_at
 from ..types import Camera, intrinsics_from_fov
 from . import shared_data
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import FramesConfig, ReconstructConfig
-from ..mesh import Mesh, load_mesh_geometry
+from ..layout import OutputLayout
+from ..mesh import Mesh, load_mesh
 from ..metrics import evaluate_mesh, similarity_from_cameras, transform_mesh
 from ..pipelines.frames import extract_frames
 from ..pipelines.reconstruct import reconstruct
@@ -32,8 +33,9 @@ SCENES = {"orbit": 200, "objects": 300}  # preset: frames in the clip
 
 
 def _score(out: Path, gt_cams: dict, gt_mesh) -> float:
-    est = read_model(out / "sparse").cameras
-    pred = transform_mesh(load_mesh_geometry(out / "mesh.ply"), *similarity_from_cameras(est, gt_cams))
+    layout = OutputLayout(out)
+    est = read_model(layout.sparse).cameras
+    pred = transform_mesh(load_mesh(layout.mesh("ply")), *similarity_from_cameras(est, gt_cams))
     return float(evaluate_mesh(pred, gt_mesh, cameras=list(gt_cams.values()), n_samples=60000)["fscore"])
 
 
