@@ -198,9 +198,16 @@ def load_lotus(
         if backend == "openvino":
             from . import predict_openvino as pov
 
+            def loader(cls, subfolder: str):  # the torch weights, read only to convert a network
+                def load() -> torch.nn.Module:
+                    _quiet_loading()
+                    return cls.from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
+
+                return load
+
             cfg, index = openvino_config or pov.compile_config(), pov.cache_root() / "hashes.json"
-            unet = pov.OpenVINOUNet(path, cfg, index, None)
-            vae = vae if vae is not None else pov.OpenVINOVae(path, cfg, index, None)
+            unet = pov.OpenVINOUNet(path, loader(UNet2DConditionModel, "unet"), cfg, index)
+            vae = vae if vae is not None else pov.OpenVINOVae(path, loader(AutoencoderKL, "vae"), cfg, index)
         else:
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
             if vae is None:

@@ -253,23 +253,10 @@ def _dtype(config: dict) -> torch.dtype:
     return torch.bfloat16 if config.get("INFERENCE_PRECISION_HINT") == "bf16" else torch.float32
 
 
-def _torch_source(
-    checkpoint: Path, subfolder: Literal["vae", "unet"], hash_index: Path | None
-) -> tuple[Callable[[], torch.nn.Module], _Config, str]:
-    """(a loader of the diffusers module, its config, its weights' hash) for a checkpoint's sub-folder;
-    the weights themselves are only read when the loader is called (to convert)."""
-
-    def load() -> torch.nn.Module:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from .predict import _quiet_loading
-
-        _quiet_loading()
-        cls = AutoencoderKL if subfolder == "vae" else UNet2DConditionModel
-        return cls.from_pretrained(checkpoint, subfolder=subfolder, torch_dtype=torch.float32)
-
+def _source(checkpoint: Path, subfolder: Literal["vae", "unet"], hash_index: Path | None) -> tuple[_Config, str]:
+    """(the config, the weights' hash) of a checkpoint's sub-folder, without reading the weights."""
     config = _Config(json.loads((checkpoint / subfolder / "config.json").read_text()))
-    return load, config, weights_hash(checkpoint / subfolder, hash_index)
+    return config, weights_hash(checkpoint / subfolder, hash_index)
 
 
 def _example(x: torch.Tensor) -> torch.Tensor:
@@ -292,9 +279,17 @@ class OpenVINOVae:
 
     device = torch.device("cpu")
 
-    def __init__(self, checkpoint: Path, config: dict, hash_index: Path | None, cache: Path | None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        load: Callable[[], torch.nn.Module],
+        config: dict,
+        hash_index: Path | None = None,
+        cache: Path | None = None,
+    ):
+        """``load()``: the checkpoint's diffusers ``AutoencoderKL`` in float32, called only to convert."""
         self.dtype = _dtype(config)
-        load, self.config, weights = _torch_source(checkpoint, "vae", hash_index)
+        self.config, weights = _source(checkpoint, "vae", hash_index)
         self.encoder = CompiledPart("encoder", checkpoint, load, weights, config, cache)
         self.decoder = CompiledPart("decoder", checkpoint, load, weights, config, cache)
 
@@ -310,9 +305,17 @@ class OpenVINOUNet:
 
     device = torch.device("cpu")
 
-    def __init__(self, checkpoint: Path, config: dict, hash_index: Path | None, cache: Path | None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        load: Callable[[], torch.nn.Module],
+        config: dict,
+        hash_index: Path | None = None,
+        cache: Path | None = None,
+    ):
+        """``load()``: the checkpoint's diffusers UNet in float32, called only to convert."""
         self.dtype = _dtype(config)
-        load, self.config, weights = _torch_source(checkpoint, "unet", hash_index)
+        self.config, weights = _source(checkpoint, "unet", hash_index)
         self.net = CompiledPart("unet", checkpoint, load, weights, config, cache)
 
     def __call__(self, sample, timestep, encoder_hidden_states, class_labels, return_dict: bool = False):
