@@ -253,12 +253,6 @@ def _dtype(config: dict) -> torch.dtype:
     return torch.bfloat16 if config.get("INFERENCE_PRECISION_HINT") == "bf16" else torch.float32
 
 
-def _source(checkpoint: Path, subfolder: Literal["vae", "unet"], hash_index: Path | None) -> tuple[_Config, str]:
-    """(the config, the weights' hash) of a checkpoint's sub-folder, without reading the weights."""
-    config = _Config(json.loads((checkpoint / subfolder / "config.json").read_text()))
-    return config, weights_hash(checkpoint / subfolder, hash_index)
-
-
 def _example(x: torch.Tensor) -> torch.Tensor:
     """A trace input: a plain (not inference-mode) copy, float32 when floating (IR weights and inputs
     are float32 whatever the inference precision)."""
@@ -273,11 +267,13 @@ class _Latents:
         self.latent_dist = DiagonalGaussianDistribution(moments)
 
 
-class OpenVINOVae:
-    """The VAE on OpenVINO, called as :func:`lotus3d.predict.encode` / ``decode`` call a diffusers
-    ``AutoencoderKL`` (``encode(x).latent_dist``, ``decode(z, return_dict=False)``)."""
+class _Network:
+    """What the OpenVINO VAE and UNet share: the diffusers module's config, its weights' hash, the
+    dtype the inference precision stands for, and the compiled parts built from them."""
 
     device = torch.device("cpu")
+    subfolder: Literal["vae", "unet"]
+    parts: tuple[Part, ...]
 
     def __init__(
         self,
@@ -287,11 +283,26 @@ class OpenVINOVae:
         hash_index: Path | None = None,
         cache: Path | None = None,
     ):
-        """``load()``: the checkpoint's diffusers ``AutoencoderKL`` in float32, called only to convert."""
+        """``load()``: the checkpoint's diffusers module in float32, called only to convert."""
         self.dtype = _dtype(config)
-        self.config, weights = _source(checkpoint, "vae", hash_index)
-        self.encoder = CompiledPart("encoder", checkpoint, load, weights, config, cache)
-        self.decoder = CompiledPart("decoder", checkpoint, load, weights, config, cache)
+        self.config = _Config(json.loads((checkpoint / self.subfolder / "config.json").read_text()))
+        weights = weights_hash(checkpoint / self.subfolder, hash_index)
+        self.compiled = {p: CompiledPart(p, checkpoint, load, weights, config, cache) for p in self.parts}
+
+
+class OpenVINOVae(_Network):
+    """The VAE on OpenVINO, called as :func:`lotus3d.predict.encode` / ``decode`` call a diffusers
+    ``AutoencoderKL`` (``encode(x).latent_dist``, ``decode(z, return_dict=False)``)."""
+
+    subfolder, parts = "vae", ("encoder", "decoder")
+
+    @property
+    def encoder(self) -> CompiledPart:
+        return self.compiled["encoder"]
+
+    @property
+    def decoder(self) -> CompiledPart:
+        return self.compiled["decoder"]
 
     def encode(self, x: torch.Tensor) -> _Latents:
         return _Latents(self.encoder(x))
@@ -300,23 +311,14 @@ class OpenVINOVae:
         return (self.decoder(z),)
 
 
-class OpenVINOUNet:
+class OpenVINOUNet(_Network):
     """The UNet on OpenVINO, called as :func:`lotus3d.predict.denoise` calls a diffusers UNet."""
 
-    device = torch.device("cpu")
+    subfolder, parts = "unet", ("unet",)
 
-    def __init__(
-        self,
-        checkpoint: Path,
-        load: Callable[[], torch.nn.Module],
-        config: dict,
-        hash_index: Path | None = None,
-        cache: Path | None = None,
-    ):
-        """``load()``: the checkpoint's diffusers UNet in float32, called only to convert."""
-        self.dtype = _dtype(config)
-        self.config, weights = _source(checkpoint, "unet", hash_index)
-        self.net = CompiledPart("unet", checkpoint, load, weights, config, cache)
+    @property
+    def net(self) -> CompiledPart:
+        return self.compiled["unet"]
 
     def __call__(self, sample, timestep, encoder_hidden_states, class_labels, return_dict: bool = False):
         return (self.net(sample, timestep, encoder_hidden_states, class_labels),)
