@@ -183,12 +183,15 @@ class CompiledPart:
         if xml.is_file():
             compiled = core.compile_model(str(xml), "CPU", self.config)
         else:
+            wrapper = self._wrapper().eval()
             try:
-                model = self._convert(inputs)
-            except ModelError as e:
+                model = self._convert(wrapper, inputs)
+            except ModelError as e:  # the module already loaded serves as the fallback
                 log.warning("%s; running it with torch", e)
-                self.torch_fallback = self._wrapper().eval()
-                return self.torch_fallback
+                self.torch_fallback = wrapper
+                return wrapper
+            del wrapper
+            gc.collect()  # the torch weights, before the network is compiled
             model.reshape({i: ov.PartialShape(list(s)) for i, s in enumerate(shapes)})
             try:
                 self._save(model, folder)
@@ -211,11 +214,10 @@ class CompiledPart:
     def _wrapper(self) -> torch.nn.Module:
         return {"encoder": _Encoder, "unet": _UNet, "decoder": _Decoder}[self.part](self.load_torch())
 
-    def _convert(self, inputs: tuple[torch.Tensor, ...]):
+    def _convert(self, wrapper: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
         import openvino as ov
 
         t0 = time.perf_counter()
-        wrapper = self._wrapper().eval()
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are static by design
@@ -224,9 +226,6 @@ class CompiledPart:
             raise ModelError(
                 f"OpenVINO cannot convert the {self.part} of {self.checkpoint}: {type(e).__name__}: {e}"
             ) from None
-        finally:
-            del wrapper
-            gc.collect()  # the torch weights, before the network is compiled
         self.conversions += 1
         log.info("openvino: converted the %s of %s in %.1f s", self.part, self.checkpoint, time.perf_counter() - t0)
         return model
@@ -254,10 +253,8 @@ def _dtype(config: dict) -> torch.dtype:
 
 
 def _example(x: torch.Tensor) -> torch.Tensor:
-    """A trace input: a plain (not inference-mode) copy, float32 when floating (IR weights and inputs
-    are float32 whatever the inference precision)."""
-    x = x.detach().clone()
-    return x.float() if x.is_floating_point() else x
+    """A trace input: a plain (not inference-mode) copy (``CompiledPart`` has made it float32)."""
+    return x.detach().clone()
 
 
 class _Latents:
