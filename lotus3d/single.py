@@ -107,14 +107,15 @@ class ComparisonGrid:
         wsum = ndimage.gaussian_filter(self.valid.astype(np.float64), sigma)
         return ndimage.gaussian_filter(np.where(self.valid, a, 0.0), sigma) / np.maximum(wsum, 1e-12)
 
-    def levels(self, a: np.ndarray, normal: np.ndarray, min_pixels: int = 20) -> list[tuple]:
+    def levels(self, a: np.ndarray, normal: np.ndarray, min_pixels: int = 20, jump_offset: float = 0.0) -> list[tuple]:
         """Per scale with enough pixels: (``a`` (H, W) block-averaged and smoothed, the normals likewise
-        (unit), the pixels to compare at)."""
+        (unit), the pixels to compare at). Depth edges of the map itself (a jump of over 3 % of
+        ``|a| + jump_offset`` between neighbouring blocks) are not compared near: smoothing mixes the
+        two sides. For a disparity whose shift is unknown, ``jump_offset`` > 0 keeps small steps near
+        its zero (quantisation, noise) from counting as edges."""
         a_b, _ = self._block(a)
         n_b, _ = self._block(normal)
-        # depth edges of the map itself (a jump of over 3 % between neighbouring blocks): smoothing mixes
-        # the two sides, so pixels near them are not compared
-        jumps = depth_edges(np.where(self.valid, np.abs(a_b), np.nan), 0.03)
+        jumps = depth_edges(np.where(self.valid, np.abs(a_b) + jump_offset, np.nan), 0.03)
         out = []
         for sigma in self.scales:
             ns = self._blur(n_b, sigma)
@@ -149,6 +150,9 @@ class ComparisonGrid:
             ang = self.angles(depth, normal, use)
             errs.append(float(np.minimum(ang, 30.0).mean()) if len(ang) else 90.0)
         return float(np.mean(errs)) if errs else float("nan")
+
+
+JUMP_OFFSET = 0.25  # in units of the prediction's span; see _ShiftProblem
 
 
 def recover_shift(
@@ -210,7 +214,9 @@ class _ShiftProblem:
             cands = np.sort(np.append(cands, 0.0))
         self.cands = cands
         self.grid = ComparisonGrid(m, K, scales)
-        self.levels = self.grid.levels(np.where(m, pred, np.nan), normal)
+        # jumps judged as if the shift were a quarter of the span (the true one is unknown; at 0 a
+        # quantisation step next to the far end would look like a 40 % depth jump)
+        self.levels = self.grid.levels(np.where(m, pred, np.nan), normal, jump_offset=JUMP_OFFSET * span)
 
     def err(self, t: float) -> float:
         return self.grid.error([(depth_from_affine(ps, self.kind, t), ns, use) for ps, ns, use in self.levels])

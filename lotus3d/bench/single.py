@@ -13,8 +13,9 @@
   photometric-stereo normals, 612x512, GT depth in mm), when that folder is present.
 
 A third part (:func:`prior_family_rows`) runs ``lotus3d single``'s depth step on simulated
-predictions of every error mode, six views of the two synthetic presets at 768x576, and compares
-the result with the prediction itself: naive (no shift) and with the oracle shift.
+predictions of every error mode, three views of each of the two synthetic presets and four from
+inside the shared copy-room scan at 768x576, and compares the result with the prediction itself:
+naive (no shift) and with the oracle shift.
 
 It reports time, peak memory (tracemalloc: numpy allocations) and the mean absolute depth error
 after median scaling (MADE; relative to the mean GT depth for the panel, millimetres for DiLiGenT, as
@@ -124,6 +125,35 @@ def _shared_bottle() -> Path | None:
 def _panel_mesh(name: str) -> Path | None:
     """The mesh file of a PANEL entry (None when the shared bottle is absent)."""
     return bundled_cow() if name == "cow" else _shared_bottle()
+
+
+def room_views(width: int, height: int, n: int = 4, seed: int = 1) -> list | None:
+    """``n`` views from inside shared/data's copy-room scan (None when it is absent): cameras at
+    random places in the room's middle 60 %, looking 15-35 degrees down, kept when they see a
+    surface at 98 % of the pixels, nothing nearer than 0.5 m, and a depth range of at least 1.8x
+    (a room, not a wall); every second such view. Nothing in them is at infinity, so a normalised
+    prediction's far end is not at zero disparity: its true shift is positive (about 0.3-0.8)."""
+    path = (shared_data() or Path("/nonexistent")) / "mesh_copyroom" / "copyroom_c2000_opt.obj"
+    if not path.exists():
+        return None
+    mesh = load_mesh(path)
+    renderer = Renderer(mesh)
+    lo, hi = mesh.bounds
+    K = intrinsics_from_fov(width, height, 60.0)
+    rng = np.random.default_rng(seed)
+    views: list = []
+    for _ in range(400):
+        pos = lo + (hi - lo) * rng.uniform(0.2, 0.8, 3)
+        a = rng.uniform(0, 2 * np.pi)
+        ahead = np.array([np.cos(a), np.tan(np.radians(rng.uniform(15, 35))), np.sin(a)])  # the scan's +y is down
+        v = renderer.render(Camera(K, look_at(pos, pos + ahead, np.array([0.0, -1.0, 0.0])), width, height))
+        if v.mask.mean() < 0.98 or np.nanmin(v.depth) < 0.5 or np.nanmedian(v.depth) < 1.3:
+            continue
+        if np.nanpercentile(v.depth, 95) >= 1.8 * np.nanpercentile(v.depth, 5):
+            views.append(v)
+            if len(views) == 2 * n:
+                break
+    return views[::2]
 
 
 def mesh_view(
@@ -334,15 +364,16 @@ def prior_family_rows(
     width: int = 768,
     height: int = 576,
     offsets: tuple[float, ...] = (0.0, 0.3),
-    presets: tuple[str, ...] = ("orbit", "objects"),
+    presets: tuple[str, ...] = ("orbit", "objects", "room"),
     views: tuple[int, ...] = (0, 3, 5),
     modes: tuple[str, ...] | None = None,
 ) -> list[dict]:
     """``lotus3d single``'s depth (:func:`lotus3d.single.reconstruct_depth`, K known) on simulated
     predictions of every error mode (:data:`lotus3d.simulate.ERROR_MODES` and the calibrated
-    "realistic" one), three views of each synthetic preset, each prediction also with its disparity
-    raised by each of ``offsets`` (a prediction whose far end is not at zero: the true shift is then
-    about minus the offset). Per row: mean relative depth error (median-scaled) of the naive prior (no
+    "realistic" one), three views of each synthetic preset (``views``) and four from inside the shared
+    copy-room scan ("room", :func:`room_views`; true shift positive), each prediction also with its
+    disparity raised by each of ``offsets`` (a prediction whose far end is not at zero: the true
+    shift is then lower by the offset). Per row: mean relative depth error (median-scaled) of the naive prior (no
     shift), of the prior with the oracle shift (the best for the ground truth), and of ours; ours /
     oracle; the median angle between the normals of our surface and the true ones (and of the
     predicted normals), and whether ours fell back to the prior."""
@@ -354,14 +385,22 @@ def prior_family_rows(
     all_modes = (*ERROR_MODES, "realistic")
     rows = []
     for preset in presets:
-        if preset == "objects" and bottle is None:
+        if preset == "room":
+            rendered = room_views(width, height)
+            if rendered is None:
+                print("(room rows skipped: no shared/data/mesh_copyroom)")
+                continue
+            labelled = list(enumerate(rendered))
+        elif preset == "objects" and bottle is None:
             print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
             continue
-        meshes = scenes.preset_meshes(preset, 0, bottle if preset == "objects" else None)
-        renderer = synthetic.Renderer(meshes)
-        cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=0)
-        for i in views:
-            v = renderer.render(cams[i])
+        else:
+            meshes = scenes.preset_meshes(preset, 0, bottle if preset == "objects" else None)
+            renderer = synthetic.Renderer(meshes)
+            cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=0)
+            labelled = [(i, renderer.render(cams[i])) for i in views]
+        for i, v in labelled:
+            K = v.camera.K
             for mode in modes or all_modes:
                 rng = np.random.default_rng([i, all_modes.index(mode)])
                 p = (
@@ -373,7 +412,7 @@ def prior_family_rows(
                     pred = np.where(v.mask, p.depth + off, 0.0).astype(np.float32)
                     mask = v.mask & np.isfinite(p.normal).all(-1) & (pred > 0.01 + off)
                     t0 = time.perf_counter()
-                    view = single.reconstruct_depth(pred, "disparity", p.normal, cams[i].K, mask)
+                    view = single.reconstruct_depth(pred, "disparity", p.normal, K, mask)
                     seconds = time.perf_counter() - t0
                     m = view.mask
                     naive = single.depth_from_affine(pred, "disparity", 0.0)
@@ -388,7 +427,7 @@ def prior_family_rows(
                         "naive_error": _relative_error(naive, v.depth, m & np.isfinite(naive)),
                         "oracle_error": _oracle_shift_error(pred, v.depth, m),
                         "ours_error": _relative_error(view.refined.depth, v.depth, m),
-                        "ours_normal_deg": _median_angle(depth_to_normals(view.refined.depth, cams[i].K), v.normal, m),
+                        "ours_normal_deg": _median_angle(depth_to_normals(view.refined.depth, K), v.normal, m),
                         "predicted_normal_deg": _median_angle(p.normal, v.normal, m),
                     }
                     row["ours_over_oracle"] = row["ours_error"] / row["oracle_error"]
@@ -401,15 +440,26 @@ def prior_family_rows(
                         + ("  FELL BACK" if view.refined.fallback else ""),
                         flush=True,
                     )
-    if rows:
-        ratios = np.array([r["ours_over_oracle"] for r in rows])
-        above_naive = sum(r["ours_error"] > r["naive_error"] for r in rows)
-        print(
-            f"{len(rows)} rows: ours / oracle-shift prior median {np.median(ratios):.2f}, max {ratios.max():.2f}; "
-            f"ours above the naive prior on {above_naive}; median normal error max "
-            f"{max(r['ours_normal_deg'] for r in rows):.1f} deg; fell back on {sum(bool(r['fallback']) for r in rows)}"
-        )
+    groups = {"all": rows} | {m: [r for r in rows if r["mode"] == m] for m in all_modes}
+    groups |= {p: [r for r in rows if r["input"].startswith(p + " ")] for p in presets}
+    for name, group in groups.items():
+        if group:
+            print(_family_summary(name, group))
     return rows
+
+
+def _family_summary(name: str, rows: list[dict]) -> str:
+    """One line over prior-family rows: ours / oracle-shift and ours / naive (median, max), rows within
+    1.2x the oracle and above the naive prior, our surface's median normal error, fall-backs."""
+    o = np.array([r["ours_over_oracle"] for r in rows])
+    n = np.array([r["ours_error"] / r["naive_error"] for r in rows])
+    deg = np.array([r["ours_normal_deg"] for r in rows])
+    return (
+        f"{name:>12s} ({len(rows)} rows): ours / oracle-shift prior {np.median(o):.2f} (max {o.max():.2f}), "
+        f"within 1.2x on {(o <= 1.2).sum()}; ours / naive prior {np.median(n):.2f} (max {n.max():.2f}), above on "
+        f"{(n > 1).sum()}; normals {np.median(deg):.1f} deg (max {deg.max():.1f}); shift kept at 0 on "
+        f"{sum(not r['shift_determined'] for r in rows)}; fell back on {sum(bool(r['fallback']) for r in rows)}"
+    )
 
 
 def _oracle_shift_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
