@@ -550,8 +550,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
-    "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then ours with a "
-    "depth prior on realistic simulated predictions. 'ray': views per second, local vs a local Ray cluster. "
+    "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then the whole "
+    "depth step on simulated predictions of every error mode (objects on a floor, views inside a room) vs the "
+    "prediction itself, naive and with the oracle shift. 'ray': views per second, local vs a local Ray cluster. "
     "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras. "
     "'video': keyframes picked from rendered walk-around clips vs as many ideal photos, same pipeline.",
 )
