@@ -82,15 +82,21 @@ class OutputLayout:
 
     def read_alignments(self, report: dict | None = None) -> dict[str, Alignment]:
         """The per-view alignment records, with the held-out errors after refinement that ``report``
-        (report.json's content) adds to them."""
+        (report.json's content) adds to them (:func:`merge_heldout`)."""
         alignments = {n: Alignment(**a) for n, a in load_json(self.alignment_record).items()}
-        for name, view in (report or {}).get("views", {}).items():
-            if name in alignments and view.get("heldout"):
-                alignments[name].heldout = view["heldout"]
-        return alignments
+        return merge_heldout(alignments, report or {})
 
     def write_alignments(self, alignments: dict[str, Alignment]) -> None:
         save_json(self.alignment_record, {n: asdict(a) for n, a in alignments.items()})
+
+
+def merge_heldout(alignments: dict[str, Alignment], report: dict) -> dict[str, Alignment]:
+    """``alignments`` with the held-out errors after refinement that ``report`` (report.json's
+    content) records per view; updated in place and returned."""
+    for name, view in report.get("views", {}).items():
+        if name in alignments and view.get("heldout"):
+            alignments[name].heldout = view["heldout"]
+    return alignments
 
 
 def alignment_json(a: Alignment) -> dict:

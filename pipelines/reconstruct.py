@@ -25,7 +25,7 @@ from lotus3d.cache import PredictionCache
 from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
 from lotus3d.io import image_size, list_images, load_image, load_json, save_json, save_npy
-from lotus3d.layout import OutputLayout, alignment_json
+from lotus3d.layout import OutputLayout, alignment_json, merge_heldout
 from lotus3d.pipelines.frames import FRAMES_JSON, extract_frames
 from lotus3d.pipelines.predict import predict_scene, scene_images_dir
 from lotus3d.types import Alignment, Camera
@@ -170,7 +170,7 @@ def reconstruct(
         fusion = previous.get("fusion", {})
         refinement = previous.get("refinement", [])
         texturing = previous.get("texture", {})
-        alignments = layout.read_alignments(previous)
+        alignments = merge_heldout(alignments, previous)  # the records _align_views returned
 
     report = {
         "scene": str(scene),

@@ -137,9 +137,14 @@ def _worker(which: str, depth: Path, normal: Path, res: int, out: Path) -> None:
     print(json.dumps(result))
 
 
+def bench_models_dir() -> Path:
+    """Where the benchmark checkpoints are built: ``$LOTUS3D_BENCH_MODELS`` or ~/.cache/lotus3d/bench-models."""
+    return Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+
+
 def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None, out: Path | None = None) -> dict:
     """Run both contenders in fresh processes; print and return the figures."""
-    models = models or Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    models = models or bench_models_dir()
     out = out or Path("bench_out/predict")
     out.mkdir(parents=True, exist_ok=True)
     depth, normal = ensure_models(models, size)
@@ -239,7 +244,7 @@ def option_effects(size: str = "sd2", models: Path | None = None) -> list[dict]:
     time per image and mean / max |difference| of the [0, 1] outputs (depth; normals as colours)."""
     from dataclasses import replace
 
-    models = models or Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    models = models or bench_models_dir()
     depth, normal = ensure_models(models, size)
     image = bench_image()
     base = PredictorOptions()
@@ -285,7 +290,7 @@ def openvino_levers(size: str = "sd2", processing_res: int = 768, models: Path |
     from ..predict import encode, load_lotus
     from ..predict_openvino import cache_root, compile_config
 
-    models = models or Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    models = models or bench_models_dir()
     depth, _ = ensure_models(models, size)
     x = preprocess(torch.from_numpy(bench_image()).permute(2, 0, 1)[None].float(), processing_res)
     threads = torch.get_num_threads()

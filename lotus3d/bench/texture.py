@@ -23,7 +23,6 @@ import numpy as np
 
 from .. import scenes, synthetic, texture
 from ..io import load_image, save_image
-from ..layout import OutputLayout
 from ..mesh import Mesh, load_mesh, render_colors
 from ..pipelines.reconstruct import reconstruct
 from ..scenes import world_light
@@ -91,7 +90,7 @@ def run(out: Path | None = None, views: int = 32, held_out: int = 8, width: int 
             shutil.rmtree(scene)
         scenes.write_scene(scene, preset, views, width, height, seed=3, extra_mesh=extra_path, light=light)
         result = reconstruct(scene, scene / "out", progress=False)
-        model = read_model(OutputLayout(scene / "out").sparse)
+        model = read_model(result.layout.sparse)
         names = model.names
         train = [model.cameras[n] for n in names]
         photos = [load_image(scene / "images" / n) for n in names]
@@ -100,7 +99,7 @@ def run(out: Path | None = None, views: int = 32, held_out: int = 8, width: int 
         renderer = synthetic.Renderer(meshes)
         held = _held_out_cameras(preset, meshes, held_out, width, height)
         rendered = [renderer.render(c, world_light(c) if light == "world" else None) for c in held]
-        geometry = load_mesh(OutputLayout(scene / "out").mesh("ply"))  # the vertex colours, the same mesh
+        geometry = load_mesh(result.layout.mesh("ply"))  # the vertex colours, the same mesh
         row = {
             "scene": key,
             "triangles": len(geometry.faces),
