@@ -195,10 +195,17 @@ def transformed(
 
 
 def textured_floor(
-    center: np.ndarray, size: float, height: float, rng: np.random.Generator, up_axis: int = 1, resolution: int = 1024
+    center: np.ndarray,
+    size: float,
+    height: float,
+    rng: np.random.Generator,
+    up_axis: int = 1,
+    resolution: int = 1024,
+    grain: float = 0.0,
 ) -> Mesh:
     """A square floor (two triangles) of side ``size`` at ``height`` along ``up_axis``, with a random
-    multi-scale stone-like texture (plenty of SIFT features)."""
+    multi-scale stone-like texture (plenty of SIFT features); ``grain`` adds that much detail at
+    twice the texel size."""
     a, b = [i for i in range(3) if i != up_axis]
     corners = np.zeros((4, 3))
     for k, (da, db) in enumerate([(-1, -1), (1, -1), (1, 1), (-1, 1)]):
@@ -210,7 +217,12 @@ def textured_floor(
     for cells, amp in ((8, 0.5), (32, 0.3), (128, 0.25), (512, 0.15)):
         g = rng.uniform(-1, 1, (cells, cells, 3))
         tex += amp * ndimage.zoom(g, (resolution / cells, resolution / cells, 1), order=1)[:resolution, :resolution]
-    tex = np.clip(0.5 + 0.5 * tex * np.array([0.9, 0.8, 0.7]), 0, 1).astype(np.float32)
+    tex = 0.5 + 0.5 * tex * np.array([0.9, 0.8, 0.7])
+    if grain:
+        half = resolution // 2
+        g = rng.uniform(-1, 1, (half, half, 3))
+        tex += grain * ndimage.zoom(g, (resolution / half, resolution / half, 1), order=1)[:resolution, :resolution]
+    tex = np.clip(tex, 0, 1).astype(np.float32)
     return Mesh(corners, np.array([[0, 1, 2], [0, 2, 3]]), uv=uv, texture=tex)
 
 

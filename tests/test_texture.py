@@ -211,3 +211,17 @@ def test_smoothness_makes_fewer_patches(floor_scene):
     np.testing.assert_array_equal(best, fv.views[:, 0])
     changed = lambda labels: int((labels[adjacency[:, 0]] != labels[adjacency[:, 1]]).sum())  # noqa: E731
     assert changed(smooth) < 0.5 * changed(best)
+
+
+def test_fine_texture_scenes_add_texel_scale_detail_and_leave_the_others_alone():
+    from lotus3d.scenes import preset_meshes
+
+    plain, fine = preset_meshes("orbit", 3), preset_meshes("orbit", 3, fine_texture=True)
+
+    def detail(tex: np.ndarray) -> float:  # mean |difference| between neighbouring texels
+        return float(np.abs(np.diff(tex, axis=1)).mean())
+
+    assert fine[-1].texture.shape[0] == 2 * plain[-1].texture.shape[0]
+    assert detail(fine[-1].texture) > 3 * detail(plain[-1].texture)  # the floor
+    assert detail(fine[0].texture) > 3 * detail(plain[0].texture)  # the cow
+    np.testing.assert_array_equal(preset_meshes("orbit", 3)[-1].texture, plain[-1].texture)

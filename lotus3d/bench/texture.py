@@ -8,8 +8,9 @@ the true depth, so that geometry errors do not count). Side by side on the same 
 vertex colours of ``mesh.ply``, and textures baked from it (the default; without seam levelling;
 without the local part of the levelling). Scenes are lit by a light fixed in the world (as photos
 are) and, for the orbit, also by a light fixed to each camera (appearance changing from view to
-view: what levelling has to absorb). Writes a close-up of textured vs vertex colours to
-``OUT/closeup_<scene>.png`` and the rows to ``OUT/summary.json``.
+view: what levelling has to absorb), and once more for the orbit with texel-scale detail on every
+surface (``fine_texture``: what vertex colours lose most, misregistration too). Writes a close-up
+of textured vs vertex colours to ``OUT/closeup_<scene>.png`` and the rows to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from ..types import Camera
 from . import shared_data, write_summary
 
 SCENES = {
-    # name: (preset, light, extra mesh under shared/data)
-    "orbit (world light)": ("orbit", "world", None),
-    "objects (world light)": ("objects", "world", "mesh_fuze_bottle/fuze.obj"),
-    "orbit (camera light)": ("orbit", "camera", None),
+    # name: (preset, light, extra mesh under shared/data, texel-scale detail)
+    "orbit (world light)": ("orbit", "world", None, False),
+    "objects (world light)": ("objects", "world", "mesh_fuze_bottle/fuze.obj", False),
+    "orbit (camera light)": ("orbit", "camera", None, False),
+    "orbit, fine texture (world light)": ("orbit", "world", None, True),
 }
 VARIANTS = {
     "texture": texture.TextureOptions(),
@@ -80,22 +82,25 @@ def run(out: Path | None = None, views: int = 32, held_out: int = 8, width: int 
     out = Path(out or "bench_out/texture")
     data = shared_data()
     rows = []
-    for key, (preset, light, extra) in SCENES.items():
+    for key, (preset, light, extra, fine) in SCENES.items():
         extra_path = data / extra if (extra and data) else None
         if extra and extra_path is None:
             print(f"({key} skipped: no shared/data/{extra})")
             continue
-        scene = out / key.split()[0] / light
+        tag = f"{preset}{'_fine' if fine else ''}"
+        scene = out / tag / light
         if scene.exists():
             shutil.rmtree(scene)
-        scenes.write_scene(scene, preset, views, width, height, seed=3, extra_mesh=extra_path, light=light)
+        scenes.write_scene(
+            scene, preset, views, width, height, seed=3, extra_mesh=extra_path, light=light, fine_texture=fine
+        )
         result = reconstruct(scene, scene / "out", progress=False)
         model = read_model(result.layout.sparse)
         names = model.names
         train = [model.cameras[n] for n in names]
         photos = [load_image(scene / "images" / n) for n in names]
         gt_train = [np.load(scene / "gt" / "depth" / f"{Path(n).stem}.npy") for n in names]
-        meshes = scenes.preset_meshes(preset, 3, extra_path)
+        meshes = scenes.preset_meshes(preset, 3, extra_path, fine)
         renderer = synthetic.Renderer(meshes)
         held = _held_out_cameras(preset, meshes, held_out, width, height)
         rendered = [renderer.render(c, world_light(c) if light == "world" else None) for c in held]
@@ -129,7 +134,7 @@ def run(out: Path | None = None, views: int = 32, held_out: int = 8, width: int 
                 tex_img = render_colors(baked.mesh, closeup_cam)[0]
                 vc_img = render_colors(geometry, closeup_cam)[0]
                 truth = renderer.render(closeup_cam, world_light(closeup_cam) if light == "world" else None).image
-                save_image(out / f"closeup_{key.split()[0]}_{light}.png", np.concatenate([vc_img, tex_img, truth], 1))
+                save_image(out / f"closeup_{tag}_{light}.png", np.concatenate([vc_img, tex_img, truth], 1))
         rows.append(row)
         vc = row["vertex colours"]
         print(f"{key}: {row['triangles']} triangles; texture {row['texture_stats']}")
