@@ -75,6 +75,11 @@ class ReconstructConfig:
     min_component_fraction: float = setting(0.02, "drop mesh pieces smaller than this fraction of the largest")
     simplify: int = setting(0, "decimate the mesh to this many triangles (0: keep all)")
     formats: str = setting("ply,glb", "mesh formats to write, comma-separated (ply, glb, obj)")
+    photometric: bool = setting(
+        True,
+        "move the mesh's vertices along their normals to where the photos' colours agree (textured surfaces; "
+        "each pass kept only if the colours agree better); sharpens the texture",
+    )
     # texture
     texture: bool = setting(
         True,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lotus3d import align, consistency, fuse, mesh, sfm, texture
+from lotus3d import align, consistency, fuse, mesh, photometric, sfm, texture
 from lotus3d.cache import PredictionCache
 from lotus3d.configs import FramesConfig, PredictConfig, ReconstructConfig, to_dict
 from lotus3d.errors import InputError, ReconstructionError
@@ -129,6 +129,7 @@ def reconstruct(
     fusion: dict = {}
     refinement: list[dict] = []
     texturing: dict = {}
+    photometry: dict = {}
     if not (state.done("mesh", fuse_fp) and all(p.is_file() for p in mesh_paths)):
         depth_dir = layout.stage_depth_dir("aligned")
         fused, fusion = _fuse(depth_dir, model, cache, images, alignments, cfg, progress)
@@ -155,7 +156,12 @@ def reconstruct(
         if cleaned.num_triangles == 0:
             raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
         timings["mesh"] = time.perf_counter() - t0
-        # 7. texture atlas from the photos (GLB / OBJ; the PLY keeps vertex colours)
+        # 7. photometric refinement: vertices moved along their normals to where the photos agree
+        if cfg.photometric:
+            t0 = time.perf_counter()
+            cleaned, photometry = _photometric(cleaned, model, images, good, progress)
+            timings["photometric"] = time.perf_counter() - t0
+        # 8. texture atlas from the photos (GLB / OBJ; the PLY keeps vertex colours)
         textured = cleaned
         if cfg.texture and any(p.suffix != ".ply" for p in mesh_paths):
             t0 = time.perf_counter()
@@ -170,6 +176,7 @@ def reconstruct(
         fusion = previous.get("fusion", {})
         refinement = previous.get("refinement", [])
         texturing = previous.get("texture", {})
+        photometry = previous.get("photometric", {})
         alignments = merge_heldout(alignments, previous)  # the records _align_views returned
 
     report = {
@@ -181,6 +188,7 @@ def reconstruct(
         "excluded_views": {n: a.reason for n, a in alignments.items() if not a.ok},
         "fusion": fusion,
         "refinement": refinement,
+        "photometric": photometry,
         "texture": texturing,
         "heldout": _pooled_heldout(alignments),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -494,6 +502,26 @@ def _fuse(
     return mesh.merge(parts), info
 
 
+def _undistorted_photos(model: sfm.SfMModel, images: dict[str, Path], good: list[str]):
+    """``load(i)``: the undistorted photo of view ``good[i]`` (NaN where the original image ends)."""
+
+    def load(i: int) -> np.ndarray:
+        return sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
+
+    return load
+
+
+def _photometric(
+    cleaned: mesh.Mesh, model: sfm.SfMModel, images: dict[str, Path], good: list[str], progress: bool
+) -> tuple[mesh.Mesh, dict]:
+    """The mesh with its vertices moved to where the aligned views' photos agree, and the figures."""
+    cams = [model.cameras[n] for n in good]
+    result = photometric.refine_mesh(cleaned, cams, _undistorted_photos(model, images, good), progress=progress)
+    if not result.accepted:
+        log.info("photometric refinement: %s", result.reason)
+    return result.mesh, {"accepted": result.accepted, "reason": result.reason, **result.stats}
+
+
 def _texture(
     cleaned: mesh.Mesh,
     model: sfm.SfMModel,
@@ -503,9 +531,7 @@ def _texture(
     progress: bool,
 ) -> tuple[mesh.Mesh, dict]:
     """The mesh with a UV texture baked from the aligned views' undistorted photos, and its statistics."""
-
-    def load(i: int) -> np.ndarray:
-        return sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
+    load = _undistorted_photos(model, images, good)
 
     def valid(i: int) -> np.ndarray | None:
         maps, cam = model.undistort_maps.get(good[i]), model.cameras[good[i]]
