@@ -118,13 +118,19 @@ def test_outputs_follow_the_contract_and_resume(scene, tmp_path):
     assert isinstance(glb.visual, trimesh.visual.TextureVisuals) and glb.visual.uv.shape == (len(glb.vertices), 2)
     assert rep["texture"]["size"] <= 4096 and rep["texture"]["patches"] > 0 and "texture" in rep["timings_s"]
     assert load_mesh(out / "mesh.ply").colors is not None
+    # photometric refinement ran before the texture and says what each pass did
+    photo = rep["photometric"]
+    assert "photometric" in rep["timings_s"] and photo["passes"] and "accepted" in photo
+    assert all(p["kept"] == (p["variance_after"] < p["variance_before"]) for p in photo["passes"])
     mtime = (out / "mesh.ply").stat().st_mtime_ns
     again = reconstruct(scene, out, progress=False)
     assert (out / "mesh.ply").stat().st_mtime_ns == mtime and "fuse" not in again.report["timings_s"]
+    assert again.report["photometric"] == photo  # a resumed run reports what the finished stage did
     reconstruct(scene, out, force=True, progress=False)
     assert (out / "mesh.ply").stat().st_mtime_ns != mtime
-    plain = reconstruct(scene, out, cfg=ReconstructConfig(texture=False), progress=False)  # settings changed: redone
-    assert not plain.report["texture"] and "texture" not in plain.report["timings_s"]
+    plain = reconstruct(scene, out, cfg=ReconstructConfig(texture=False, photometric=False), progress=False)
+    assert not plain.report["texture"] and "texture" not in plain.report["timings_s"]  # settings changed: redone
+    assert not plain.report["photometric"] and "photometric" not in plain.report["timings_s"]
     assert not isinstance(trimesh.load(out / "mesh.glb", force="mesh").visual, trimesh.visual.TextureVisuals)
 
 
