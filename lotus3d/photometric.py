@@ -96,14 +96,6 @@ def boundary_vertices(faces: np.ndarray, n_vertices: int) -> np.ndarray:
     return out
 
 
-def _project(points: np.ndarray, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """World points (N, 3) -> pixels (N, 2) and camera z (N,)."""
-    pc = points @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = pc[:, :2] / pc[:, 2:3] * np.diag(cam.K)[:2] + cam.K[:2, 2]
-    return uv, pc[:, 2]
-
-
 def best_views(
     mesh: Mesh, normals: np.ndarray, cameras: list[Camera], k: int, progress: bool = False
 ) -> tuple[np.ndarray, float]:
@@ -117,7 +109,7 @@ def best_views(
     dists = []
     for i, cam in enumerate(tqdm(cameras, desc="photometric: visibility", unit="view", disable=not progress)):
         depth, _, _ = cast_pixels(scene, cam)
-        uv, z = _project(v, cam)
+        uv, z = cam.project(v)
         xi, yi = np.round(uv[:, 0]), np.round(uv[:, 1])
         idx = np.flatnonzero((z > 0) & (xi >= 0) & (yi >= 0) & (xi < cam.width) & (yi < cam.height))
         hit = depth[yi[idx].astype(np.int64), xi[idx].astype(np.int64)]
@@ -136,6 +128,7 @@ def best_views(
 
 def _one_pass(
     mesh: Mesh,
+    n: np.ndarray,
     cameras: list[Camera],
     load: Callable[[int], np.ndarray],
     keep: np.ndarray,
@@ -145,8 +138,9 @@ def _one_pass(
     border: np.ndarray,
     progress: bool,
 ) -> tuple[np.ndarray, dict]:
-    """Offsets (V,) along the normals for one pass and its figures (see the module docstring)."""
-    v, n = mesh.vertices, vertex_normals(mesh)
+    """Offsets (V,) along the (V, 3) vertex normals ``n`` for one pass and its figures (see the module
+    docstring)."""
+    v = mesh.vertices
     n_v, s = len(v), opts.steps
     offsets = np.linspace(-half_range, half_range, s)
     s1 = np.zeros((n_v, s, 3), np.float32)
@@ -158,7 +152,7 @@ def _one_pass(
         if opts.blur > 0:
             image = cv2.GaussianBlur(np.ascontiguousarray(image, np.float32), (0, 0), opts.blur)
         points = v[idx, None, :] + offsets[None, :, None] * n[idx, None, :]
-        uv, z = _project(points.reshape(-1, 3), cameras[int(i)])
+        uv, z = cameras[int(i)].project(points.reshape(-1, 3))
         c = sample_bilinear(image, uv).reshape(len(idx), s, 3)
         w, h = cameras[int(i)].width - 1, cameras[int(i)].height - 1
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] <= w) & (uv[:, 1] <= h)
@@ -228,19 +222,21 @@ def refine_mesh(
     given, mesh = mesh, weld(mesh)  # copies of a vertex (texture seams, mesh blocks) would read as borders
     average = neighbour_average(mesh.faces, len(mesh.vertices))
     border = (average @ boundary_vertices(mesh.faces, len(mesh.vertices)).astype(float)) > 0
-    keep, distance = best_views(mesh, vertex_normals(mesh), cameras, opts.views, progress)
+    normals = vertex_normals(mesh)
+    keep, distance = best_views(mesh, normals, cameras, opts.views, progress)
     if not np.isfinite(distance):
         return PhotometricResult(given, np.zeros(len(given.vertices)), False, "no view sees the mesh")
     current, total = mesh, np.zeros(len(mesh.vertices))
     passes, reason, half_range = [], "", opts.search * distance
     for p in range(opts.passes):
-        move, stats = _one_pass(current, cameras, load, keep, half_range, opts, average, border, progress)
+        move, stats = _one_pass(current, normals, cameras, load, keep, half_range, opts, average, border, progress)
         stats["kept"] = stats["variance_after"] < stats["variance_before"]
         passes.append(stats)
         if not stats["kept"]:
             reason = f"pass {p + 1} did not make the views' colours agree better: stopped there"
             break
-        current = Mesh(current.vertices + move[:, None] * vertex_normals(current), mesh.faces, mesh.colors)
+        current = Mesh(current.vertices + move[:, None] * normals, mesh.faces, mesh.colors)
+        normals = vertex_normals(current)
         total += move
         half_range /= 3.0
     accepted = any(s["kept"] for s in passes)

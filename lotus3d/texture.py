@@ -88,15 +88,6 @@ class TextureResult:
 
 
 # ----------------------------------------------------------------------------------- geometry
-def _project(points: np.ndarray, cam: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """World points (..., 3) -> pixel coordinates (..., 2) and camera z (...)."""
-    pc = points @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
-    z = pc[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (pc[..., :2] / z[..., None]) * np.diag(cam.K)[:2] + cam.K[:2, 2]
-    return uv, z
-
-
 def view_quality(
     mesh: Mesh,
     cameras: list[Camera],
@@ -126,7 +117,7 @@ def view_quality(
     rows = np.arange(len(f))
     for i, cam in enumerate(tqdm(cameras, desc="texture: visibility", unit="view", disable=not progress)):
         depth, prim, _ = cast_pixels(scene, cam)
-        uv, z = _project(centroid, cam)
+        uv, z = cam.project(centroid)
         xi, yi = np.round(uv[:, 0]), np.round(uv[:, 1])
         inside = (z > 0) & (xi >= 0) & (yi >= 0) & (xi < cam.width) & (yi < cam.height)
         idx = np.flatnonzero(inside)
@@ -137,7 +128,7 @@ def view_quality(
         hit_near = np.abs(depth[py, px] - z[idx]) < tol
         ok = (cos > opts.min_cos) & (hit_self | hit_near)
         idx = idx[ok]
-        corners, _ = _project(tri[idx], cam)  # (n, 3, 2)
+        corners, _ = cam.project(tri[idx])  # (n, 3, 2)
         mask = valid(i) if valid is not None else None
         if mask is not None:
             cx = np.clip(np.round(corners[..., 0]), 0, cam.width - 1).astype(np.int64)
@@ -180,7 +171,7 @@ def photo_consistency(
     for i in tqdm(np.unique(fv.views[fv.views >= 0]), desc="texture: consistency", unit="view", disable=not progress):
         rows, cols = np.nonzero(fv.views == i)
         image = _blur(load(int(i)), 3.0)
-        colours[rows, cols] = sample_bilinear(image, _project(centroid[rows], cameras[int(i)])[0])
+        colours[rows, cols] = sample_bilinear(image, cameras[int(i)].project(centroid[rows])[0])
     voters = np.flatnonzero((fv.views >= 0).sum(1) >= 3)
     with warnings.catch_warnings():  # a face whose every candidate falls on NaN pixels has no median
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -252,7 +243,7 @@ def patches(
     for i, cam in enumerate(cameras):
         sel = np.flatnonzero(labels == i)
         if len(sel):
-            corners[sel] = _project(tri[sel], cam)[0]
+            corners[sel] = cam.project(tri[sel])[0]
     seen = np.flatnonzero(labels >= 0)
     order = seen[np.argsort(comp[seen], kind="stable")]
     starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
@@ -301,7 +292,7 @@ def _seam_colours(s: SeamSamples, cameras: list[Camera], load: Callable[[int], n
         image = _blur(load(int(i)), 2.0)
         for side, out in ((s.a, ca), (s.b, cb)):
             sel = np.flatnonzero(side == i)
-            out[sel] = sample_bilinear(image, _project(s.points[sel], cameras[i])[0])
+            out[sel] = sample_bilinear(image, cameras[i].project(s.points[sel])[0])
     return ca, cb
 
 
@@ -421,7 +412,7 @@ def _local_corrections(
         for st, en in zip(starts, np.r_[starts[1:], len(ps)], strict=True):
             pid = int(ps[st])
             idx = order[st:en]
-            xy = to_atlas(pid, _project(s.points[idx], cameras[int(view_side[idx[0]])])[0])
+            xy = to_atlas(pid, cameras[int(view_side[idx[0]])].project(s.points[idx])[0])
             h, w = (-(-n // _LOCAL_STEP) for n in side[pid])
             acc = out.setdefault(pid, np.zeros((h, w, 4), np.float32))
             xi = np.clip(np.round(xy[:, 0] / _LOCAL_STEP).astype(int), 0, w - 1)

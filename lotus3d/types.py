@@ -70,6 +70,14 @@ class Camera:
         """(3,) camera centre in world coordinates."""
         return self.camera_to_world[:3, 3]
 
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points (..., 3) -> pixel coordinates (..., 2) and camera z (...)."""
+        pc = points @ self.world_to_camera[:3, :3].T + self.world_to_camera[:3, 3]
+        z = pc[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = (pc[..., :2] / z[..., None]) * np.diag(self.K)[:2] + self.K[:2, 2]
+        return uv, z
+
     def scaled(self, width: int, height: int) -> Camera:
         """The same camera for an image resized to ``width`` x ``height``."""
         sx, sy = width / self.width, height / self.height
