@@ -89,3 +89,8 @@ class ReconstructConfig:
     texture_size: int = setting(
         4096, "largest texture side in texels: the atlas is as large as the photos' resolution needs, up to this"
     )
+    texture_detail: int = setting(
+        2,
+        "texels per photo pixel along each side; above 1 every view that sees a face well adds its pixels, "
+        "recovering detail finer than one photo's pixels (1: each patch from its own view's pixels only)",
+    )

@@ -2,9 +2,9 @@
 
 Image-space charts (as in Waechter et al., "Let There Be Color!", ECCV 2014): every patch of
 connected faces that took the same view is textured by that view's pixels, and its UVs are its
-projection into that view, so the texture keeps the photos' own resolution and, when the atlas
-fits, copies their pixels without resampling. Each step costs time linear in faces, views and
-pixels:
+projection into that view, so the texture keeps the photos' own resolution (``detail`` times it
+when the atlas fits) and the views' pixels land where their surface point does. Each step costs
+time linear in faces, views and pixels:
 
 1. :func:`view_quality` — per view, the mesh ray cast at every pixel; a face is visible when the
    ray through its centroid hits it, or a surface at its depth (no occluder in front); its quality
@@ -13,13 +13,17 @@ pixels:
 2. :func:`select_views` — one view per face, minimising (1 - quality / best quality) plus
    ``smoothness`` per edge-neighbour that took another view (iterated conditional modes).
 3. :func:`patches` — connected faces with one view; each a rectangle of that view's image.
-4. :func:`level_seams` — colours along seams between patches sampled in both views; a gain per
+4. :func:`level_gains` — colours along seams between patches sampled in both views; a gain per
    view and channel (robust least squares in log colour) removes exposure differences, then each
    patch gets a smooth correction that meets the mean of both sides along its seams.
-5. :func:`bake` — the rectangles packed on shelves into a square atlas no larger than
-   ``max_size`` (uniformly scaled when they do not fit), sampled from the photos, levelled; texels
-   outside every rectangle filled by push-pull (mip-maps do not bleed in background colour); faces
-   no view sees get a flat cell of their vertex colour.
+5. :func:`merge_views` — with ``detail`` > 1 texels per pixel, every candidate view's pixels
+   splatted into the patch of the face they see, at the texel where they land: the views' different
+   sub-pixel offsets give back detail finer than one photo's pixels.
+6. :func:`bake` — the rectangles packed on shelves into a square atlas no larger than
+   ``max_size`` (uniformly scaled when they do not fit), from the merged samples or, where they are
+   few, the patch's own photo, levelled; texels outside every rectangle filled by push-pull
+   (mip-maps do not bleed in background colour); faces no view sees get a flat cell of their vertex
+   colour.
 
 Frames: vertices in world (scene) units, cameras world-to-camera (OpenCV), images (H, W, 3) float
 in [0, 1] undistorted to the cameras' pinhole K; UVs in OpenGL convention (origin bottom-left).
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from numba import njit
 from scipy import sparse
 from scipy.sparse import csgraph
 from tqdm.auto import tqdm
@@ -55,6 +60,8 @@ class TextureOptions:
     min_cos: float = 0.1  # faces seen more obliquely than acos(min_cos) are not textured from that view
     level: bool = True  # seam levelling (global gains, then local corrections)
     local: bool = True  # the local (per patch) part of the levelling
+    detail: int = 2  # texels per photo pixel (each axis) where the atlas fits; > 1 merges every candidate view's pixels
+    own_weight: float = 1.0  # weight of the patch's own view among the merged views' pixels
     seed: int = 0
 
 
@@ -216,8 +223,8 @@ def select_views(fv: FaceViews, adjacency: np.ndarray, opts: TextureOptions | No
         agree = np.zeros(views.shape)
         for c in range(views.shape[1]):
             cand = views[:, c]
-            np.add.at(agree[:, c], a, (labels[b] == cand[a]) & (cand[a] >= 0))
-            np.add.at(agree[:, c], b, (labels[a] == cand[b]) & (cand[b] >= 0))
+            agree[:, c] = np.bincount(a, (labels[b] == cand[a]) & (cand[a] >= 0), n)
+            agree[:, c] += np.bincount(b, (labels[a] == cand[b]) & (cand[b] >= 0), n)
         cost = data + opts.smoothness * (degree[:, None] - agree)
         best = views[np.arange(n), np.argmin(cost, 1)]
         move = (best != labels) & (rng.random(n) < 0.5) & (labels >= 0)
@@ -345,10 +352,13 @@ def pack(sizes: np.ndarray, side: int) -> np.ndarray | None:
     return out
 
 
-def _layout(sizes: np.ndarray, fixed: np.ndarray, max_size: int) -> tuple[int, float, np.ndarray, np.ndarray]:
+def _layout(
+    sizes: np.ndarray, fixed: np.ndarray, max_size: int, start: float = 1.0
+) -> tuple[int, float, np.ndarray, np.ndarray]:
     """Atlas side (a multiple of 128, at most ``max_size``), the scale applied to the rectangles (N, 2)
-    not ``fixed``, all rectangles' sizes after it and their top-left corners."""
-    scale = 1.0
+    not ``fixed`` (``start``, or less when they do not fit), all rectangles' sizes after it and their
+    top-left corners."""
+    scale = float(start)
     for _ in range(60):
         scaled = np.where(fixed[:, None], sizes, np.maximum(np.ceil(sizes * scale).astype(np.int64), 2))
         side = int(np.ceil(np.sqrt(scaled.prod(1).sum() / 0.9) / 128) * 128)
@@ -386,6 +396,7 @@ def push_pull(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.where(known[..., None], image, filled).astype(image.dtype)
 
 
+_PRIOR = 0.05  # weight of a patch's own pixels (bilinear) against the merged views' samples (sum ~ 1 per texel)
 _LOCAL_STEP = 4  # texels per cell of the local levelling corrections
 
 
@@ -417,12 +428,86 @@ def _local_corrections(
             acc = out.setdefault(pid, np.zeros((h, w, 4), np.float32))
             xi = np.clip(np.round(xy[:, 0] / _LOCAL_STEP).astype(int), 0, w - 1)
             yi = np.clip(np.round(xy[:, 1] / _LOCAL_STEP).astype(int), 0, h - 1)
-            np.add.at(acc, (yi, xi), np.column_stack([delta[idx], np.ones(len(idx))]))
+            cell = yi * w + xi
+            for c, values in enumerate((*delta[idx].T, np.ones(len(idx)))):
+                acc[..., c] += np.bincount(cell, values, h * w).reshape(h, w).astype(np.float32)
     for pid, acc in out.items():
         known = acc[..., 3] > 0
         field_ = acc[..., :3] / np.maximum(acc[..., 3:], 1e-12)
         out[pid] = push_pull(field_, known)
     return out
+
+
+@njit(cache=True)
+def _splat(acc: np.ndarray, xy: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> None:
+    """Add each sample's ``weight`` x (colour, 1) to the 2 x 2 texels of (S, S, 4) ``acc`` around
+    texel coordinates ``xy`` (N, 2), bilinearly."""
+    h, w = acc.shape[0], acc.shape[1]
+    for i in range(xy.shape[0]):
+        x0 = int(np.floor(xy[i, 0]))
+        y0 = int(np.floor(xy[i, 1]))
+        fx = xy[i, 0] - x0
+        fy = xy[i, 1] - y0
+        for dy in range(2):
+            yy = y0 + dy
+            if yy < 0 or yy >= h:
+                continue
+            wy = fy if dy else 1.0 - fy
+            for dx in range(2):
+                xx = x0 + dx
+                if xx < 0 or xx >= w:
+                    continue
+                ww = weight[i] * wy * (fx if dx else 1.0 - fx)
+                for c in range(3):
+                    acc[yy, xx, c] += ww * colour[i, c]
+                acc[yy, xx, 3] += ww
+
+
+def merge_views(
+    mesh: Mesh,
+    cameras: list[Camera],
+    load: Callable[[int], np.ndarray],
+    candidates: np.ndarray,
+    labels: np.ndarray,
+    texel_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    side: int,
+    gains: np.ndarray,
+    own_weight: float,
+    progress: bool = False,
+    valid: Callable[[int], np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """Every view's pixels splatted into the atlas (step 5): (side, side, 4) float32, colour sums and
+    weights. A pixel of view j whose ray hits face f, where j is one of f's ``candidates`` (F, K)
+    (the views that see it well and agree in colour, -1 none) or f's own view ``labels[f]`` (F,),
+    lands, bilinearly, at the texel where its hit point projects in f's own view
+    (``texel_of(points (N, 3), faces (N,)) -> (N, 2)`` atlas texel coordinates), with colour x
+    ``gains[j]`` and weight ``own_weight`` from that view, 1 from the others. Different views sample
+    a surface at different sub-pixel offsets, so at ``detail`` > 1 texels per pixel the merged
+    samples keep detail finer than any one photo's pixels; one ray cast and one pass over each view's
+    pixels: time linear in pixels, memory 16 bytes per texel."""
+    acc = np.zeros((side, side, 4), np.float32)
+    scene = raycasting_scene(mesh)
+    tri = mesh.vertices[mesh.faces]
+    used = np.unique(np.concatenate([candidates[labels >= 0].ravel(), labels]))
+    for j in tqdm(used[used >= 0], desc="texture: detail", unit="view", disable=not progress):
+        allowed = ((candidates == j).any(1) | (labels == j)) & (labels >= 0)
+        _, prim, bary = cast_pixels(scene, cameras[int(j)])
+        hit = prim >= 0
+        hit[hit] = allowed[prim[hit]]
+        mask = valid(int(j)) if valid is not None else None
+        if mask is not None:
+            hit &= mask
+        ys, xs = np.nonzero(hit)
+        f = prim[ys, xs]
+        b = bary[ys, xs]
+        colour = load(int(j))[ys, xs] * gains[j]
+        good = np.isfinite(colour).all(1)
+        f, b, colour = f[good], b[good], colour[good]
+        t = tri[f]
+        points = t[:, 0] + b[:, :1] * (t[:, 1] - t[:, 0]) + b[:, 1:] * (t[:, 2] - t[:, 0])
+        weight = np.where(labels[f] == j, own_weight, 1.0)
+        _splat(acc, texel_of(points, f), colour.astype(np.float64), weight)
+    return acc
 
 
 def bake(
@@ -442,6 +527,8 @@ def bake(
     timings: dict[str, float] = {}
     if len(mesh.faces) == 0:
         raise ValueError("cannot texture an empty mesh")
+    if opts.detail < 1:
+        raise ValueError(f"texture detail must be at least 1 texel per pixel, not {opts.detail}")
     fv = view_quality(mesh, cameras, opts, progress, valid)
     timings["visibility"] = time.perf_counter() - t0
     if opts.consistency > 0:
@@ -475,14 +562,34 @@ def bake(
     cell = 2 + 2 * opts.padding
     sizes = np.array([(p.width, p.height) for p in plist] + [(cell, cell)] * len(unseen), np.int64).reshape(-1, 2)
     fixed = np.r_[np.zeros(len(plist), bool), np.ones(len(unseen), bool)]
-    side, scale, scaled, pos = _layout(sizes, fixed, opts.max_size)
+    side, scale, scaled, pos = _layout(sizes, fixed, opts.max_size, start=max(opts.detail, 1))
     sizes_hw = tuple((int(h), int(w)) for w, h in scaled)
 
-    def to_atlas(pid: int, xy: np.ndarray) -> np.ndarray:
-        """Pixel coordinates in patch pid's view -> texel coordinates inside its rectangle."""
-        p = plist[pid]
-        return (xy - np.array([p.x0, p.y0])) * (scaled[pid] - 1) / np.maximum(np.array([p.width, p.height]) - 1, 1)
+    origin = np.array([(p.x0, p.y0) for p in plist], np.float64).reshape(-1, 2)
+    extent = np.array([(p.width, p.height) for p in plist], np.float64).reshape(-1, 2)
+    factor = (scaled[: len(plist)] - 1) / np.maximum(extent - 1, 1)
 
+    def to_atlas(pid: int | np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """Pixel coordinates in patch pid's view -> texel coordinates inside its rectangle."""
+        return (xy - origin[pid]) * factor[pid]
+
+    merged = None
+    if opts.detail > 1 and plist:
+        t_merge = time.perf_counter()
+
+        def texel_of(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+            xy = np.zeros((len(faces), 2))
+            views = labels[faces]
+            for v in np.unique(views):
+                sel = np.flatnonzero(views == v)
+                xy[sel] = cameras[int(v)].project(points[sel])[0]
+            pid = patch_of_face[faces]
+            return to_atlas(pid, xy) + pos[pid]
+
+        merged = merge_views(
+            mesh, cameras, load, fv.views, labels, texel_of, side, gains, opts.own_weight, progress, valid
+        )
+        timings["detail"] = time.perf_counter() - t_merge
     local = {}
     if opts.level and opts.local and len(seams.points):
         local = _local_corrections(plist, sizes_hw, seams, ca, cb, gains, to_atlas, cameras)
@@ -500,12 +607,18 @@ def bake(
             xs = p.x0 + np.arange(w) * (p.width - 1) / max(w - 1, 1)
             mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
             rect = cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * gains[view]
+            x, y = pos[pid]
+            ok = np.isfinite(rect).all(-1)  # NaN where an undistorted photo has no pixel: filled below
+            rect = np.where(ok[..., None], rect, 0.0)
+            if merged is not None:  # the views' samples, the patch's own pixels where they are too few
+                a = merged[y : y + h, x : x + w]
+                prior = _PRIOR * ok[..., None]
+                rect = (a[..., :3] + prior * rect) / np.maximum(a[..., 3:] + prior, 1e-12)
+                ok = ok | (a[..., 3] > 0)
             if pid in local:
                 rect = rect + cv2.resize(local[pid], (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 3)
-            x, y = pos[pid]
-            valid = np.isfinite(rect).all(-1)  # NaN where an undistorted photo has no pixel: filled below
-            atlas[y : y + h, x : x + w] = np.where(valid[..., None], rect, 0.0)
-            known[y : y + h, x : x + w] = valid
+            atlas[y : y + h, x : x + w] = rect
+            known[y : y + h, x : x + w] = ok
     # faces no view sees: a flat cell of their mean vertex colour
     cell_colour = mesh.colors[mesh.faces[unseen]].mean(1) if mesh.colors is not None else np.full((len(unseen), 3), 0.5)
     for k in range(len(unseen)):
@@ -521,8 +634,11 @@ def bake(
     centre = pos[len(plist) :] + cell / 2.0 - 0.5
     texel[unseen] = centre[:, None, :] + np.array([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]])
     owner = np.where(labels >= 0, patch_of_face, len(plist) + np.cumsum(labels < 0) - 1)
-    key = np.column_stack([mesh.faces.reshape(-1), np.repeat(owner, 3)])
-    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    n_owners = int(owner.max(initial=0)) + 1
+    key, inverse = np.unique(
+        mesh.faces.reshape(-1).astype(np.int64) * n_owners + np.repeat(owner, 3), return_inverse=True
+    )
+    uniq = np.column_stack([key // n_owners, key % n_owners])  # (vertex, patch) pairs, sorted as before
     inverse = inverse.reshape(-1)
     uv = np.zeros((len(uniq), 2))
     uv[inverse] = texel.reshape(-1, 2)
@@ -534,7 +650,7 @@ def bake(
         uv=uv,
         texture=atlas,
     )
-    timings["bake"] = time.perf_counter() - t
+    timings["bake"] = time.perf_counter() - t - timings.get("detail", 0.0)
     stats = {
         "size": side,
         "scale": round(float(scale), 4),

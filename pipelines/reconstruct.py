@@ -537,7 +537,7 @@ def _texture(
         maps, cam = model.undistort_maps.get(good[i]), model.cameras[good[i]]
         return None if maps is None else np.isfinite(sfm.undistort(np.zeros((cam.height, cam.width), np.float32), maps))
 
-    opts = texture.TextureOptions(max_size=cfg.texture_size)
+    opts = texture.TextureOptions(max_size=cfg.texture_size, detail=cfg.texture_detail)
     result = texture.bake(cleaned, [model.cameras[n] for n in good], load, opts, progress, valid)
     return result.mesh, result.stats
 

@@ -69,8 +69,9 @@ def test_levelling_removes_a_per_view_exposure_change(floor_scene):
     geometry = Mesh(floor.vertices, floor.faces, np.full((len(floor.vertices), 3), 0.5))
     images = [p.image.copy() for p in photos]
     images[2] = images[2] * 0.7  # one photo 30 % darker (exposure)
-    levelled = texture.bake(geometry, cams, lambda i: images[i])
-    plain = texture.bake(geometry, cams, lambda i: images[i], texture.TextureOptions(level=False))
+    # each patch from its own view's pixels only: merged views would already dilute one photo's exposure
+    levelled = texture.bake(geometry, cams, lambda i: images[i], texture.TextureOptions(detail=1))
+    plain = texture.bake(geometry, cams, lambda i: images[i], texture.TextureOptions(level=False, detail=1))
     assert (levelled.labels == 2).sum() > 100  # the dark view does texture part of the floor
     others = np.delete(levelled.gains, 2, axis=0)
     ratio = levelled.gains[2] / np.exp(np.log(others).mean(0))
@@ -94,16 +95,23 @@ def test_photos_with_nan_borders_give_a_finite_texture(floor_scene):
         image = p.image.copy()
         image[:, :16], image[:, -16:], image[:16], image[-16:] = np.nan, np.nan, np.nan, np.nan
         images.append(image)
-    clean = texture.bake(geometry, cams, lambda i: photos[i].image)
-    blind = texture.bake(geometry, cams, lambda i: images[i])
-    masked = texture.bake(geometry, cams, lambda i: images[i], valid=lambda i: np.isfinite(images[i]).all(-1))
-    scores = []
-    for baked in (clean, blind, masked):
-        assert np.isfinite(baked.mesh.texture).all() and np.isfinite(baked.gains).all()
-        assert np.abs(np.log(baked.gains)).max() < 0.05  # one exposure everywhere: gains stay near 1
-        tex, depth = render_colors(baked.mesh, cams[0])
-        scores.append(psnr(tex, photos[0].image, photos[0].mask & np.isfinite(depth)))
-    assert scores[2] > scores[0] - 1.5 and scores[1] < scores[2] - 3.0, scores
+    mask = lambda i: np.isfinite(images[i]).all(-1)  # noqa: E731
+    for detail in (1, 2):
+        opts = texture.TextureOptions(detail=detail)
+        clean = texture.bake(geometry, cams, lambda i: photos[i].image, opts)
+        blind = texture.bake(geometry, cams, lambda i: images[i], opts)
+        masked = texture.bake(geometry, cams, lambda i: images[i], opts, valid=mask)
+        scores = []
+        for baked in (clean, blind, masked):
+            assert np.isfinite(baked.mesh.texture).all() and np.isfinite(baked.gains).all()
+            assert np.abs(np.log(baked.gains)).max() < 0.05  # one exposure everywhere: gains stay near 1
+            tex, depth = render_colors(baked.mesh, cams[0])
+            scores.append(psnr(tex, photos[0].image, photos[0].mask & np.isfinite(depth)))
+        assert scores[2] > scores[0] - 1.5, scores
+        if detail == 1:  # one view's pixels per patch: without the masks, NaN borders leave holes filled blindly
+            assert scores[1] < scores[2] - 3.0, scores
+        else:  # merged views: a NaN pixel is no sample, other views' pixels fill in
+            assert scores[1] > scores[0] - 1.5, scores
 
 
 def test_occluded_faces_take_no_colour_from_the_occluding_view():
@@ -225,3 +233,27 @@ def test_fine_texture_scenes_add_texel_scale_detail_and_leave_the_others_alone()
     assert detail(fine[-1].texture) > 3 * detail(plain[-1].texture)  # the floor
     assert detail(fine[0].texture) > 3 * detail(plain[0].texture)  # the cow
     np.testing.assert_array_equal(preset_meshes("orbit", 3)[-1].texture, plain[-1].texture)
+
+
+def test_merged_views_keep_detail_finer_than_a_pixel():
+    """Grain finer than a pixel: every photo samples it at other sub-pixel offsets, so the views' pixels
+    merged at 2 texels per pixel predict an unseen camera better than one view's pixels."""
+    rng = np.random.default_rng(3)
+    floor = _fine(synthetic.textured_floor(np.zeros(3), 2.0, 0.0, rng, resolution=1024), 7)
+    floor.texture = np.clip(floor.texture + rng.normal(0.0, 0.15, floor.texture.shape), 0, 1).astype(np.float32)
+    r = Renderer(floor)
+    cams = synthetic.orbit_cameras(floor, 14, 320, 240, fov_deg=55.0, distance=1.6, elevations=(50.0, 65.0), seed=0)
+    train, held = cams[:12], cams[12:]
+    photos = [r.render(c, world_light(c)).image for c in train]
+    geometry = Mesh(floor.vertices, floor.faces, np.full((len(floor.vertices), 3), 0.5))
+    scores = {}
+    for detail in (1, 2):
+        baked = texture.bake(geometry, train, lambda i: photos[i], texture.TextureOptions(detail=detail))
+        values = []
+        for cam in held:
+            truth = r.render(cam, world_light(cam))
+            image, depth = render_colors(baked.mesh, cam)
+            values.append(psnr(image, truth.image, truth.mask & np.isfinite(depth)))
+        scores[detail] = (float(np.mean(values)), baked.stats["size"])
+    assert scores[2][1] > 1.5 * scores[1][1]  # the atlas holds twice the photos' resolution
+    assert scores[2][0] > scores[1][0] + 1.0, scores

@@ -6,11 +6,12 @@ into the training cameras and into held-out cameras of the same orbit that the r
 never saw, comparing with the photos (PSNR over the pixels where the mesh's depth is within 2 % of
 the true depth, so that geometry errors do not count). Side by side on the same geometry: the
 vertex colours of ``mesh.ply``, and textures baked from it (the default; without seam levelling;
-without the local part of the levelling). Scenes are lit by a light fixed in the world (as photos
-are) and, for the orbit, also by a light fixed to each camera (appearance changing from view to
-view: what levelling has to absorb), and once more for the orbit with texel-scale detail on every
-surface (``fine_texture``: what vertex colours lose most, misregistration too). Writes a close-up
-of textured vs vertex colours to ``OUT/closeup_<scene>.png`` and the rows to ``OUT/summary.json``.
+without the local part of the levelling; each patch from its own view's pixels only,
+``detail=1``). Scenes are lit by a light fixed in the world (as photos are) and, for the orbit,
+also by a light fixed to each camera (appearance changing from view to view: what levelling has to
+absorb), and once more for the orbit with texel-scale detail on every surface (``fine_texture``:
+what vertex colours lose most, misregistration too). Writes a close-up of textured vs vertex
+colours to ``OUT/closeup_<scene>.png`` and the rows to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ VARIANTS = {
     "texture": texture.TextureOptions(),
     "no levelling": texture.TextureOptions(level=False),
     "gains only": texture.TextureOptions(local=False),
+    "one view": texture.TextureOptions(detail=1),
 }
 
 
