@@ -14,6 +14,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,15 +158,16 @@ def reconstruct(
             raise ReconstructionError("the fused mesh is empty: no depth survived filtering and fusion")
         timings["mesh"] = time.perf_counter() - t0
         # 7. photometric refinement: vertices moved along their normals to where the photos agree
+        photos = _undistorted_photos(model, images, good)
         if cfg.photometric:
             t0 = time.perf_counter()
-            cleaned, photometry = _photometric(cleaned, model, images, good, progress)
+            cleaned, photometry = _photometric(cleaned, model, photos, good, progress)
             timings["photometric"] = time.perf_counter() - t0
         # 8. texture atlas from the photos (GLB / OBJ; the PLY keeps vertex colours)
         textured = cleaned
         if cfg.texture and any(p.suffix != ".ply" for p in mesh_paths):
             t0 = time.perf_counter()
-            textured, texturing = _texture(cleaned, model, images, good, cfg, progress)
+            textured, texturing = _texture(cleaned, model, photos, good, cfg, progress)
             timings["texture"] = time.perf_counter() - t0
         for p in mesh_paths:
             mesh.export_mesh(textured, p)
@@ -502,21 +504,37 @@ def _fuse(
     return mesh.merge(parts), info
 
 
+_PHOTO_CACHE_BYTES = 1 << 30  # undistorted photos kept in memory between the stages that read them
+
+
 def _undistorted_photos(model: sfm.SfMModel, images: dict[str, Path], good: list[str]):
-    """``load(i)``: the undistorted photo of view ``good[i]`` (NaN where the original image ends)."""
+    """``load(i)``: the undistorted photo of view ``good[i]`` (NaN where the original image ends).
+    Photometric refinement and the texture read every photo several times: the first ones read stay
+    in memory, up to 1 GiB (about 280 photos of 640 x 480), the others are read again."""
+    kept: dict[int, np.ndarray] = {}
+    used = 0
 
     def load(i: int) -> np.ndarray:
-        return sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
+        nonlocal used
+        if i in kept:
+            return kept[i]
+        image = sfm.undistort(load_image(images[good[i]]), model.undistort_maps.get(good[i]))
+        if used + image.nbytes <= _PHOTO_CACHE_BYTES:
+            image.flags.writeable = False  # shared between callers
+            kept[i] = image
+            used += image.nbytes
+        return image
 
     return load
 
 
 def _photometric(
-    cleaned: mesh.Mesh, model: sfm.SfMModel, images: dict[str, Path], good: list[str], progress: bool
+    cleaned: mesh.Mesh, model: sfm.SfMModel, load: Callable[[int], np.ndarray], good: list[str], progress: bool
 ) -> tuple[mesh.Mesh, dict]:
-    """The mesh with its vertices moved to where the aligned views' photos agree, and the figures."""
+    """The mesh with its vertices moved to where the aligned views' photos (``load(i)``: view ``good[i]``,
+    undistorted) agree, and the figures."""
     cams = [model.cameras[n] for n in good]
-    result = photometric.refine_mesh(cleaned, cams, _undistorted_photos(model, images, good), progress=progress)
+    result = photometric.refine_mesh(cleaned, cams, load, progress=progress)
     if not result.accepted:
         log.info("photometric refinement: %s", result.reason)
     return result.mesh, {"accepted": result.accepted, "reason": result.reason, **result.stats}
@@ -525,17 +543,16 @@ def _photometric(
 def _texture(
     cleaned: mesh.Mesh,
     model: sfm.SfMModel,
-    images: dict[str, Path],
+    load: Callable[[int], np.ndarray],
     good: list[str],
     cfg: ReconstructConfig,
     progress: bool,
 ) -> tuple[mesh.Mesh, dict]:
-    """The mesh with a UV texture baked from the aligned views' undistorted photos, and its statistics."""
-    load = _undistorted_photos(model, images, good)
+    """The mesh with a UV texture baked from the aligned views' undistorted photos (``load(i)``: view
+    ``good[i]``), and its statistics."""
 
-    def valid(i: int) -> np.ndarray | None:
-        maps, cam = model.undistort_maps.get(good[i]), model.cameras[good[i]]
-        return None if maps is None else np.isfinite(sfm.undistort(np.zeros((cam.height, cam.width), np.float32), maps))
+    def valid(i: int) -> np.ndarray | None:  # an undistorted photo is NaN where the original image ends
+        return None if model.undistort_maps.get(good[i]) is None else np.isfinite(load(i)).all(-1)
 
     opts = texture.TextureOptions(max_size=cfg.texture_size, detail=cfg.texture_detail)
     result = texture.bake(cleaned, [model.cameras[n] for n in good], load, opts, progress, valid)
