@@ -43,11 +43,12 @@ import torch
 
 from .errors import ModelError
 from .io import atomic_write
+from .upsampling import fold_upsamplers
 
 log = logging.getLogger(__name__)
 
 Part = Literal["encoder", "unet", "decoder"]
-FORMAT = 2  # bump when the wrapped graphs change: older cached conversions are then ignored
+FORMAT = 3  # bump when the wrapped graphs change: older cached conversions are then ignored
 
 
 def available() -> bool:
@@ -225,7 +226,9 @@ class CompiledPart:
         return run
 
     def _wrapper(self) -> torch.nn.Module:
-        return {"encoder": _Encoder, "unet": _UNet, "decoder": _Decoder}[self.part](self.load_torch())
+        module = self.load_torch()
+        fold_upsamplers(module)  # one transposed conv per upsampler; the UNet's too (its weights are copied anyway)
+        return {"encoder": _Encoder, "unet": _UNet, "decoder": _Decoder}[self.part](module)
 
     def _convert(self, wrapper: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
         import openvino as ov
