@@ -16,10 +16,11 @@ The computation follows the official Lotus pipeline step by step (``docs/inferen
 Speed on CPU: when the depth and normal checkpoints carry identical VAE weights (checked, not
 assumed) the image is encoded once for both; the prompt embedding is computed once at load and
 the text encoder is freed; inference runs under ``torch.inference_mode`` with the VAE in
-``channels_last`` memory format, and each nearest-2x-then-3x3-conv upsampler of the VAE decoder runs
-as one transposed convolution (:mod:`lotus3d.upsampling`: the same function, 4 instead of 9
-multiply-adds per output, equal up to rounding). ``backend="openvino"`` runs the VAE and UNet on OpenVINO's CPU
-kernels instead (:mod:`lotus3d.predict_openvino`); the steps around them are the same code.
+``channels_last`` memory format, and each nearest-2x-then-3x3-conv upsampler of the VAE decoder
+runs as one transposed convolution (:mod:`lotus3d.upsampling`: the same function, 4 instead of 9
+multiply-adds per output, equal up to rounding). ``backend="openvino"`` runs the VAE and UNet on
+OpenVINO's CPU kernels instead (:mod:`lotus3d.predict_openvino`); the steps around them are the
+same code.
 """
 
 from __future__ import annotations

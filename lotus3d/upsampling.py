@@ -1,9 +1,9 @@
 """Nearest 2x upsampling followed by a 3x3 convolution, computed as one transposed convolution.
 
 The diffusers ``Upsample2D`` layers of the UNet and the VAE decoder repeat every pixel 2 x 2 and then
-convolve the enlarged map with a 3 x 3 kernel: 9 multiply-adds per output pixel and channel pair, a
-third of them on copies of the same input pixel. Each output pixel (2i + a, 2j + b) only sees the
-2 x 2 input pixels around (i, j), with the kernel's rows (and columns) summed where they fall on the
+convolve the enlarged map with a 3 x 3 kernel: 9 multiply-adds per output pixel and channel pair,
+on only 4 distinct input pixels. Each output pixel (2i + a, 2j + b) sees the 2 x 2 input pixels
+around (i, j), with the kernel's rows (and columns) summed where they fall on the
 same input pixel: along one axis, phase a = 0 takes rows i - 1, i with weights (k0, k1 + k2), phase
 a = 1 takes rows i, i + 1 with (k0 + k1, k2). That is exactly a transposed convolution with stride 2,
 padding 1 and a 4-tap kernel per axis, (k2, k1 + k2, k0 + k1, k0): 4 multiply-adds per output pixel
