@@ -33,7 +33,7 @@ from numba import njit, prange
 from . import multigrid, threads
 from .errors import InputError
 from .multigrid import ordered_sum
-from .types import backproject
+from .types import pixel_rays
 
 
 @dataclass
@@ -364,15 +364,21 @@ def warm_up() -> float:
 def depth_to_normals(depth: np.ndarray, K: np.ndarray, step: int = 1) -> np.ndarray:
     """(H, W) depth -> (H, W, 3) unit normals (OpenCV camera frame, facing the camera) from central
     differences of the back-projected points over ``step`` pixels each side (a larger step averages
-    out pixel noise); NaN where undefined."""
-    P = backproject(depth, K)
-    du = np.full_like(P, np.nan)
-    dv = np.full_like(P, np.nan)
-    du[:, step:-step] = P[:, 2 * step :] - P[:, : -2 * step]
-    dv[step:-step] = P[2 * step :] - P[: -2 * step]
-    n = np.cross(dv, du)  # for x right, y down, z forward this points towards the camera
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    flip = np.sum(n * P, -1) > 0
+    out pixel noise); NaN where undefined. Computed per component (the shift and focal searches call
+    it thousands of times on small maps; the same arithmetic as ``np.cross`` and ``np.linalg.norm``)."""
+    d = np.asarray(depth, np.float64)
+    h, w = d.shape
+    rays = pixel_rays(K, w, h)  # z = 1: the points are (x d, y d, d), as backproject gives
+    P = (rays[..., 0] * d, rays[..., 1] * d, d)
+    du, dv = np.full((2, 3, h, w), np.nan)
+    for c in range(3):
+        du[c][:, step:-step] = P[c][:, 2 * step :] - P[c][:, : -2 * step]
+        dv[c][step:-step] = P[c][2 * step :] - P[c][: -2 * step]
+    # dv x du: for x right, y down, z forward this points towards the camera
+    n = np.stack([dv[1] * du[2] - dv[2] * du[1], dv[2] * du[0] - dv[0] * du[2], dv[0] * du[1] - dv[1] * du[0]], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a zero cross product (flat depth): NaN, undefined
+        n /= np.sqrt(n[..., 0] * n[..., 0] + n[..., 1] * n[..., 1] + n[..., 2] * n[..., 2])[..., None]
+    flip = n[..., 0] * P[0] + n[..., 1] * P[1] + n[..., 2] * P[2] > 0
     n[flip] *= -1
     return n.astype(np.float32)
 

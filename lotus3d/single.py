@@ -133,15 +133,20 @@ class ComparisonGrid:
         big = self._blur(np.nan_to_num(b), fraction * min(self.valid.shape))
         return float(np.median(np.abs(big[self.valid]))) if self.valid.any() else 0.0
 
+    def cosine_map(self, depth: np.ndarray, normal: np.ndarray) -> np.ndarray:
+        """Per block, the cosine between normals of a smoothed block ``depth`` and ``normal`` (clipped)."""
+        n_d = depth_to_normals(depth, self.K).astype(np.float64)
+        cos = n_d[..., 0] * normal[..., 0] + n_d[..., 1] * normal[..., 1] + n_d[..., 2] * normal[..., 2]
+        return np.clip(cos, -1, 1)
+
     def angle_map(self, depth: np.ndarray, normal: np.ndarray) -> np.ndarray:
         """Per block, the angle (degrees) between normals of a smoothed block ``depth`` and ``normal``."""
-        n_d = depth_to_normals(depth, self.K)
-        return np.degrees(np.arccos(np.clip(np.sum(n_d * normal, -1), -1, 1)))
+        return np.degrees(np.arccos(self.cosine_map(depth, normal)))
 
     def angles(self, depth: np.ndarray, normal: np.ndarray, use: np.ndarray) -> np.ndarray:
         """Angles (degrees) between normals of a smoothed block ``depth`` and ``normal`` where ``use``."""
-        ang = self.angle_map(depth, normal)
-        return ang[use & np.isfinite(ang)]
+        cos = self.cosine_map(depth, normal)[use]
+        return np.degrees(np.arccos(cos[np.isfinite(cos)]))
 
     def error(self, levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
         """Mean over scales of the mean angle (truncated at 30 degrees) for (depth, normals, use) levels."""

@@ -44,6 +44,33 @@ def _made(est, gt, m):
     return float(np.nanmean(np.abs(s * est[m] - gt[m]) / gt[m]))
 
 
+def test_depth_normals_are_the_cross_product_of_central_differences():
+    """Per-component arithmetic, equal bit for bit to the textbook np.cross / np.linalg.norm form; a plane
+    gives its own normal, facing the camera; NaN where the depth is NaN or flat along a difference."""
+    from lotus3d.types import backproject
+
+    rng = np.random.default_rng(0)
+    h, w = 40, 56
+    K = intrinsics_from_fov(w, h, 50.0)
+    d = 2.0 + rng.random((h, w))
+    d[5:8, 10:14] = np.nan
+    for step in (1, 3):
+        P = backproject(d, K)
+        du, dv = np.full_like(P, np.nan), np.full_like(P, np.nan)
+        du[:, step:-step] = P[:, 2 * step :] - P[:, : -2 * step]
+        dv[step:-step] = P[2 * step :] - P[: -2 * step]
+        want = np.cross(dv, du)
+        want /= np.linalg.norm(want, axis=-1, keepdims=True)
+        want[np.sum(want * P, -1) > 0] *= -1
+        np.testing.assert_array_equal(depth_to_normals(d, K, step), want.astype(np.float32))
+    r = _rays(h, w, K)
+    plane = 3.0 / (1 - 0.3 * r[..., 0] + 0.2 * r[..., 1])  # the plane n.X = 3 with n = (-0.3, 0.2, 1)/|.|
+    n = depth_to_normals(plane, K)
+    true = -np.array([-0.3, 0.2, 1.0]) / np.linalg.norm([-0.3, 0.2, 1.0])  # facing the camera: -z
+    np.testing.assert_allclose(n[1:-1, 1:-1], np.broadcast_to(true, n[1:-1, 1:-1].shape), atol=1e-5)
+    assert np.isnan(n[0]).all() and np.isnan(n[:, -1]).all()
+
+
 def test_exact_normals_of_a_plane_integrate_to_its_depth():
     h, w = 60, 80
     K = intrinsics_from_fov(w, h, 50.0)
