@@ -3,8 +3,8 @@
 ``lotus3d bench predict`` builds two random-initialised SD2-sized Lotus G checkpoints (depth and
 normal; same VAE and text encoder weights, as the real ones) once into a cache folder, then runs
 each contender in its own process on the same image, twice, and reports the second call's wall
-time (the first is reported too: it pays one-off costs, torch faulting in the memory-mapped
-weights, OpenVINO compiling), peak resident memory and the largest difference between the outputs.
+time (the first is reported too: it pays one-off costs, OpenVINO compiling its networks, torch
+and the reference setting up), peak resident memory and the largest difference between the outputs.
 Contenders: the reference, ours on torch, and ours on OpenVINO when it is installed (two processes:
 the first converts the networks unless the OpenVINO cache already holds them, and reports that
 separately; the second is timed from a warm cache).
@@ -141,7 +141,7 @@ def _worker(which: str, depth: Path, normal: Path, res: int, out: Path) -> None:
     anon = AnonPeak()
     t0 = time.perf_counter()
     # every contender runs the image twice in its process: the first call pays one-off costs (OpenVINO
-    # converts or compiles; torch faults the memory-mapped weights in), the second is the timed one
+    # converts or compiles; the reference's first call took 27 s longer than its second), the second is timed
     if which == "reference":
         d_pipe, n_pipe = ReferenceLotus(depth), ReferenceLotus(normal)
 
