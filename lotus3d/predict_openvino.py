@@ -3,7 +3,10 @@
 The three networks of the step (the VAE encoder up to the latent distribution's moments, the UNet,
 the VAE decoder) are converted from the checkpoint's diffusers modules with ``openvino.convert_model``,
 traced at the shape they will run at, and compiled for the CPU in float32 (``INFERENCE_PRECISION_HINT``
-f32: OpenVINO would otherwise pick bfloat16 on CPUs that have it). Everything else stays as in
+f32: OpenVINO would otherwise pick bfloat16 on CPUs that have it), from modules rewritten to the
+same function with cheaper graphs: every upsampler as one transposed convolution
+(:mod:`lotus3d.upsampling`) and the VAE's group norms from per-channel statistics, which keeps the
+maps channels-last (:mod:`lotus3d.groupnorm`). Everything else stays as in
 :mod:`lotus3d.predict`, in torch: preprocessing, drawing the latent sample and the G models' noise
 from the same seeded generators, the prompt embedding, resizing back. The outputs therefore equal
 the torch backend's up to the kernels' rounding (about 1e-5 on the tiny test checkpoints).
@@ -42,13 +45,14 @@ import numpy as np
 import torch
 
 from .errors import ModelError
+from .groupnorm import spatial_group_norms
 from .io import atomic_write
 from .upsampling import fold_upsamplers
 
 log = logging.getLogger(__name__)
 
 Part = Literal["encoder", "unet", "decoder"]
-FORMAT = 3  # bump when the wrapped graphs change: older cached conversions are then ignored
+FORMAT = 4  # bump when the wrapped graphs change: older cached conversions are then ignored
 
 
 def available() -> bool:
@@ -228,6 +232,8 @@ class CompiledPart:
     def _wrapper(self) -> torch.nn.Module:
         module = self.load_torch()
         fold_upsamplers(module)  # one transposed conv per upsampler; the UNet's too (its weights are copied anyway)
+        if self.part != "unet":  # the VAE's group norms without layout copies (groupnorm.py); the UNet gains nothing
+            spatial_group_norms(module)
         return {"encoder": _Encoder, "unet": _UNet, "decoder": _Decoder}[self.part](module)
 
     def _convert(self, wrapper: torch.nn.Module, inputs: tuple[torch.Tensor, ...]):
