@@ -60,21 +60,14 @@ def test_replacing_the_vae_norms_keeps_its_outputs(tiny_models):
 def test_openvino_graph_has_no_reshaped_normalisation(tiny_models):
     """What the rewrite is for: the converted decoder normalises without an MVN over a reshaped map."""
     ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
-
-    class Decoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, z):
-            return self.vae.decode(z, return_dict=False)[0]
+    from lotus3d.predict_openvino import _Decoder  # the module the backend converts
 
     vae = AutoencoderKL.from_pretrained(tiny_models["depth_g"], subfolder="vae").eval()
     z = torch.randn(1, 4, 6, 5)
 
     def op_types(module):
         with torch.no_grad():
-            model = ov.convert_model(Decoder(module), example_input=(z,))
+            model = ov.convert_model(_Decoder(module), example_input=(z,))
         return [op.get_type_name() for op in model.get_ordered_ops()]
 
     before = op_types(vae)
