@@ -72,11 +72,9 @@ def consistency_masks(
         checked = np.zeros(len(pts), np.int32)
         for other in neighbours({n: cameras[n] for n in depths}, name, o.neighbours, o.max_angle_deg):
             oc, od = cameras[other], depths[other]
-            pc = pts @ oc.world_to_camera[:3, :3].T + oc.world_to_camera[:3, 3]
-            z = pc[:, 2]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                u = np.round(oc.K[0, 0] * pc[:, 0] / z + oc.K[0, 2]).astype(np.int64)
-                v = np.round(oc.K[1, 1] * pc[:, 1] / z + oc.K[1, 2]).astype(np.int64)
+            uv, z = oc.project(pts)
+            with np.errstate(invalid="ignore"):  # points at z = 0 project to NaN: outside below
+                u, v = np.round(uv).astype(np.int64).T
             inside = (z > 0) & (u >= 0) & (u < od.shape[1]) & (v >= 0) & (v < od.shape[0])
             idx = np.nonzero(inside)[0]
             d_other = od[v[idx], u[idx]]

@@ -39,10 +39,7 @@ def visible_mask(points: np.ndarray, gt: Mesh, cameras: Sequence[Camera], tol: f
     scene.add_triangles(o3d.core.Tensor(gt.vertices.astype(np.float32)), o3d.core.Tensor(gt.faces.astype(np.uint32)))
     seen = np.zeros(len(points), bool)
     for cam in cameras:
-        pc = points @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
-        z = pc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = (pc @ cam.K.T)[:, :2] / z[:, None]
+        uv, z = cam.project(points)
         inside = (z > 0) & (uv[:, 0] >= -0.5) & (uv[:, 0] < cam.width - 0.5) & (uv[:, 1] >= -0.5)
         inside &= uv[:, 1] < cam.height - 0.5
         idx = np.nonzero(inside & ~seen)[0]

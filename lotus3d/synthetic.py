@@ -264,10 +264,7 @@ def sample_sparse_points(
     obs: list[list[tuple[int, float, float]]] = [[] for _ in range(len(pts))]
     for vi, view in enumerate(views):
         cam = view.camera
-        pc = pts @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
-        z = pc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = (pc @ cam.K.T)[:, :2] / z[:, None]
+        uv, z = cam.project(pts)
         ui, vi_ = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
         ok = (z > 0) & (ui >= 0) & (ui < cam.width) & (vi_ >= 0) & (vi_ < cam.height)
         idx = np.nonzero(ok)[0]
