@@ -296,12 +296,12 @@ def release_mapped_pages(path: Path) -> int:
                     spans.append((start, end))
         if not spans:
             return 0
-        before = _resident_file_bytes()
+        before = resident_bytes()
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         for start, end in spans:
             libc.madvise(start, end - start, 4)  # MADV_DONTNEED
-        return max(0, before - _resident_file_bytes())
+        return max(0, before - resident_bytes())
     except (OSError, ValueError, AttributeError):
         return 0
 
@@ -335,12 +335,16 @@ class _HandBack:
         self.released += release_mapped_pages(self.path)
 
 
-def _resident_file_bytes() -> int:
-    """RssFile of this process, from /proc/self/status."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) * 1024
+def resident_bytes(kind: str = "RssFile") -> int:
+    """This process's resident memory of one kind (``RssFile``: mapped file pages, ``RssAnon``:
+    anonymous memory), from /proc/self/status; 0 where that cannot be read (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{kind}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
 

@@ -39,6 +39,7 @@ from ..predict import (
     resize_back,
     task_class_labels,
 )
+from ..predict_openvino import resident_bytes
 
 
 class ReferenceLotus:
@@ -117,14 +118,7 @@ class AnonPeak:
 
     @staticmethod
     def now() -> int:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return resident_bytes("RssAnon")
 
     def _sample(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
