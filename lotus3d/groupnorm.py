@@ -47,7 +47,7 @@ class SpatialGroupNorm(torch.nn.Module):
 
     def __init__(self, norm: torch.nn.GroupNorm):
         super().__init__()
-        self.num_groups, self.num_channels, self.eps = norm.num_groups, norm.num_channels, norm.eps
+        self.num_groups, self.eps = norm.num_groups, norm.eps
         self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
