@@ -18,7 +18,9 @@ class SingleConfig:
         False, "apply the normal sign convention that agrees with the depth prior, if not the expected one"
     )
     prior_weight: float = setting(
-        1e-3, "weight of the depth prior against the normals (smaller trusts the normals further)"
+        1e-3,
+        "weight of the depth prior against the normals, adapted per region to how well they agree "
+        "(smaller trusts the normals further)",
     )
     sky_threshold: float = setting(0.01, "disparity below this (0..1) is sky / background and not meshed")
     far_factor: float = setting(8.0, "pixels deeper than this times the median depth are background, not meshed")

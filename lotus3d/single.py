@@ -327,13 +327,19 @@ def refine_with_normals(
     conflict_deg: float = 25.0,
     max_departure: float = 0.03,
     tolerance_deg: float = 0.25,
+    agree_deg: float = 8.0,
+    weight_range: tuple[float, float] = (0.3, 3.0),
 ) -> RefinedDepth:
     """Integrate the normals with the depth ``prior`` (H, W), and check the result before trusting it.
 
-    The prior weight adapts per region: where the prior's normals and the predicted ones disagree by
-    more than ``conflict_deg`` at the reliable scales (:class:`ComparisonGrid`), the weight grows with
-    the square of the disagreement, so that a region of wrong normals cannot bend the depth. Smaller
-    disagreements (a prior a little too flat, its pixel noise) are what the normals are there to fix.
+    The prior weight adapts per region to the angle a between the prior's normals and the predicted
+    ones at the reliable scales (:class:`ComparisonGrid`), as ``prior_weight`` times
+    max(low + (high - low) exp(-(a / agree_deg)^2), (a / conflict_deg)^2) for ``weight_range`` =
+    (low, high): where they agree (a within the normals' own error) the prior is held more firmly,
+    since integrating the normals' smooth bias could only add error; where they disagree moderately
+    (a prior tilted or flattened) the normals get more say, as that is what they are there to fix;
+    beyond ``conflict_deg`` the weight grows with the square of the disagreement, so that a region of
+    wrong normals cannot bend the depth.
 
     Falls back to the prior, saying why, when the normals cannot be trusted or the result fails the
     self-check, judged without ground truth at the reliable scales:
@@ -354,13 +360,18 @@ def refine_with_normals(
     maps = [(grid.angle_map(d, n), u) for d, n, u in levels]
     prior_err = [a[u & np.isfinite(a)] for a, u in maps]
     checks["prior_vs_normals_deg"] = round(float(np.median(np.concatenate(prior_err))), 3)
-    # per-pixel disagreement at the middle scale, back at full resolution
+    # per-block disagreement at the middle scale, spread over nearby blocks where it is not reliable
     ang, use_mid = maps[len(maps) // 2]
-    ang = np.where(use_mid & np.isfinite(ang), ang, 0.0)  # only where the comparison is reliable
-    big = ndimage.zoom(ang, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
+    known = use_mid & np.isfinite(ang)
+    near = ndimage.gaussian_filter(known.astype(np.float64), 2.0)
+    ang = ndimage.gaussian_filter(np.where(known, ang, 0.0), 2.0) / np.maximum(near, 1e-12)
+    low, high = weight_range
+    factor = np.maximum(low + (high - low) * np.exp(-((ang / agree_deg) ** 2)), (ang / conflict_deg) ** 2)
+    factor = np.where(near > 0.05, np.minimum(factor, 1e3), 1.0)  # no comparison nearby: the plain weight
+    big = ndimage.zoom(factor, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
     big = np.pad(big, ((0, mask.shape[0] - big.shape[0]), (0, mask.shape[1] - big.shape[1])), mode="edge")
-    weight = prior_weight * np.clip((big[: mask.shape[0], : mask.shape[1]] / conflict_deg) ** 2, 1.0, 1e3)
-    checks["conflict_fraction"] = round(float((weight[mask] > prior_weight).mean()), 4)
+    weight = prior_weight * big[: mask.shape[0], : mask.shape[1]]
+    checks["conflict_fraction"] = round(float((ang[known] > conflict_deg).mean()), 4) if known.any() else 0.0
     res = integrate_normals(normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=weight)
     out_levels = grid.levels(res.depth, normal)
     out_err = [grid.angles(d, n, u) for d, n, u in out_levels]
