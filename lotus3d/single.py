@@ -67,6 +67,13 @@ class ShiftResult:
     best_shift: float = 0.0  # the minimiser, also when it is not used
 
 
+def normalised_blur(a: np.ndarray, where: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian average (``sigma`` in pixels) of (H, W) ``a`` over the pixels ``where`` (H, W) bool
+    only (normalised convolution), and that average's coverage: the blurred fraction of ``where``."""
+    coverage = ndimage.gaussian_filter(where.astype(np.float64), sigma)
+    return ndimage.gaussian_filter(np.where(where, a, 0.0), sigma) / np.maximum(coverage, 1e-12), coverage
+
+
 class ComparisonGrid:
     """Where a prediction's depth and its normals can be compared: the masked image block-averaged
     to about 150 pixels across, then smoothed at ``scales`` (in those pixels) within the mask, at
@@ -104,8 +111,7 @@ class ComparisonGrid:
         """Gaussian average over valid blocks only (normalised convolution), per channel."""
         if a.ndim == 3:
             return np.stack([self._blur(a[..., c], sigma) for c in range(a.shape[2])], -1)
-        wsum = ndimage.gaussian_filter(self.valid.astype(np.float64), sigma)
-        return ndimage.gaussian_filter(np.where(self.valid, a, 0.0), sigma) / np.maximum(wsum, 1e-12)
+        return normalised_blur(a, self.valid, sigma)[0]
 
     def levels(self, a: np.ndarray, normal: np.ndarray, min_pixels: int = 20, jump_offset: float = 0.0) -> list[tuple]:
         """Per scale with enough pixels: (``a`` (H, W) block-averaged and smoothed, the normals likewise
@@ -363,8 +369,7 @@ def refine_with_normals(
     # per-block disagreement at the middle scale, spread over nearby blocks where it is not reliable
     ang, use_mid = maps[len(maps) // 2]
     known = use_mid & np.isfinite(ang)
-    near = ndimage.gaussian_filter(known.astype(np.float64), 2.0)
-    ang = ndimage.gaussian_filter(np.where(known, ang, 0.0), 2.0) / np.maximum(near, 1e-12)
+    ang, near = normalised_blur(ang, known, 2.0)
     low, high = weight_range
     factor = np.maximum(low + (high - low) * np.exp(-((ang / agree_deg) ** 2)), (ang / conflict_deg) ** 2)
     factor = np.where(near > 0.05, np.minimum(factor, 1e3), 1.0)  # no comparison nearby: the plain weight

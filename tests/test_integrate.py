@@ -39,6 +39,12 @@ def scene():
     return d, n, K, np.isfinite(n).all(-1), hit
 
 
+def _median_scaled_error(est, gt, m):
+    """Mean relative error of ``est`` against ``gt`` on ``m``, ``est`` scaled to ``gt``'s median."""
+    est = est * np.nanmedian(gt[m]) / np.nanmedian(est[m])
+    return np.nanmean(np.abs(est[m] - gt[m]) / gt[m])
+
+
 def _made(est, gt, m):
     s = np.nanmedian(gt[m] / est[m])
     return float(np.nanmean(np.abs(s * est[m] - gt[m]) / gt[m]))
@@ -515,13 +521,9 @@ def test_guarded_integration_improves_a_noisy_prior_and_falls_back_on_wrong_norm
     rng = np.random.default_rng(0)
     prior = d * np.exp(rng.normal(0, 0.01, d.shape))  # 1 % pixel noise
 
-    def err(x):
-        x = x * np.nanmedian(d[m]) / np.nanmedian(x[m])
-        return np.nanmean(np.abs(x[m] - d[m]) / d[m])
-
     good = refine_with_normals(n, K, m, prior)
     assert not good.fallback and good.integration is not None
-    assert err(good.depth) < 0.3 * err(prior)
+    assert _median_scaled_error(good.depth, d, m) < 0.3 * _median_scaled_error(prior, d, m)
     assert good.checks["result_vs_normals_deg"] < good.checks["prior_vs_normals_deg"]
     tilt = np.broadcast_to(np.radians([0.0, 40.0, 0.0]), n.shape)
     for wrong in (n * np.array([-1, 1, 1], np.float32), _rotate(n.astype(np.float64), tilt).astype(np.float32)):
@@ -622,13 +624,9 @@ def test_prior_weight_holds_an_agreeing_prior_and_yields_to_a_tilted_one():
     biased = _rotate(n.astype(np.float64), bias).astype(np.float32)
     warped = d * np.exp(0.3 * smooth_field(d.shape, rng, cells=2))
 
-    def err(x):
-        x = x * np.nanmedian(d[m]) / np.nanmedian(x[m])
-        return np.nanmean(np.abs(x[m] - d[m]) / d[m])
-
     for normal, prior, gain in ((biased, d, 0.8), (n, warped, 0.9)):
         adaptive = refine_with_normals(normal, K, m, prior)
         plain = refine_with_normals(normal, K, m, prior, weight_range=(1.0, 1.0))
         assert not adaptive.fallback and not plain.fallback
-        assert err(adaptive.depth) < gain * err(plain.depth)
-    assert err(adaptive.depth) < 0.9 * err(warped)
+        assert _median_scaled_error(adaptive.depth, d, m) < gain * _median_scaled_error(plain.depth, d, m)
+    assert _median_scaled_error(adaptive.depth, d, m) < 0.9 * _median_scaled_error(warped, d, m)
