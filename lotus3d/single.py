@@ -335,6 +335,8 @@ def refine_with_normals(
     tolerance_deg: float = 0.25,
     agree_deg: float = 8.0,
     weight_range: tuple[float, float] = (0.3, 3.0),
+    warped_deg: tuple[float, float] = (6.0, 16.0),
+    warped_floor: float = 0.1,
 ) -> RefinedDepth:
     """Integrate the normals with the depth ``prior`` (H, W), and check the result before trusting it.
 
@@ -345,10 +347,15 @@ def refine_with_normals(
     since integrating the normals' smooth bias could only add error; where they disagree moderately
     (a prior tilted or flattened) the normals get more say, as that is what they are there to fix;
     beyond ``conflict_deg`` the weight grows with the square of the disagreement, so that a region of
-    wrong normals cannot bend the depth.
+    wrong normals cannot bend the depth. The whole map is then scaled by how much the two disagree over
+    the image (median angle m at the reliable scales): 1 while m is within the normals' own error
+    (``warped_deg[0]``), falling log-linearly to ``warped_floor`` at ``warped_deg[1]``, where the prior
+    is warped as a whole and a region that happens to agree with the normals is no reason to hold it.
 
     Falls back to the prior, saying why, when the normals cannot be trusted or the result fails the
-    self-check, judged without ground truth at the reliable scales:
+    self-check (a loosened result is first integrated again without the whole-map scaling; the
+    reasons of failed attempts are in ``checks["failed_attempts"]``), judged without ground truth at
+    the reliable scales:
 
     - the result's normals must agree with the predicted normals at least as well as the prior's did
       (within ``tolerance_deg``; it was integrated from them);
@@ -375,36 +382,53 @@ def refine_with_normals(
     factor = np.where(near > 0.05, np.minimum(factor, 1e3), 1.0)  # no comparison nearby: the plain weight
     big = ndimage.zoom(factor, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
     big = np.pad(big, ((0, mask.shape[0] - big.shape[0]), (0, mask.shape[1] - big.shape[1])), mode="edge")
-    weight = prior_weight * big[: mask.shape[0], : mask.shape[1]]
     checks["conflict_fraction"] = round(float((ang[known] > conflict_deg).mean()), 4) if known.any() else 0.0
-    res = integrate_normals(normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=weight)
-    out_levels = grid.levels(res.depth, normal)
+    m0, m1 = warped_deg
+    overall = warped_floor ** float(np.clip((checks["prior_vs_normals_deg"] - m0) / (m1 - m0), 0.0, 1.0))
+    for scale in (overall, 1.0) if overall < 1.0 else (1.0,):  # the looser map failing: the plain one
+        weight = prior_weight * scale * big[: mask.shape[0], : mask.shape[1]]
+        res = integrate_normals(normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=weight)
+        checks["overall_weight_factor"] = round(scale, 4)
+        reason = _self_check(grid, normal, mask, prior, res.depth, checks, tolerance_deg, conflict_deg, max_departure)
+        if not reason:
+            return RefinedDepth(res.depth, "", checks, res)
+        checks.setdefault("failed_attempts", []).append(reason)
+    return RefinedDepth(prior, reason + ": kept the prediction", checks, res)
+
+
+def _self_check(
+    grid: ComparisonGrid,
+    normal: np.ndarray,
+    mask: np.ndarray,
+    prior: np.ndarray,
+    depth: np.ndarray,
+    checks: dict,
+    tolerance_deg: float,
+    conflict_deg: float,
+    max_departure: float,
+) -> str:
+    """:func:`refine_with_normals`'s self-check of an integrated ``depth`` (H, W) against the ``prior``:
+    the reason not to trust it, or "" when it passes; its figures go into ``checks``."""
+    out_levels = grid.levels(depth, normal)
     out_err = [grid.angles(d, n, u) for d, n, u in out_levels]
     checks["result_vs_normals_deg"] = round(float(np.median(np.concatenate(out_err))), 3) if out_err else None
-    ratio = np.log(np.where(mask, res.depth, np.nan) / prior)
+    ratio = np.log(np.where(mask, depth, np.nan) / prior)
     ratio -= np.nanmedian(ratio)  # scale is free
     coarse = grid.smooth_large(ratio)
     checks["large_scale_departure"] = round(coarse, 5)
-    worse = checks["result_vs_normals_deg"] is None or (
-        checks["result_vs_normals_deg"] > checks["prior_vs_normals_deg"] + tolerance_deg
-    )
-    if worse:
-        reason = "the integrated depth follows the normals less well than the prediction did: kept the prediction"
-        return RefinedDepth(prior, reason, checks, res)
     before, after = checks["prior_vs_normals_deg"], checks["result_vs_normals_deg"]
+    if after is None or after > before + tolerance_deg:
+        return "the integrated depth follows the normals less well than the prediction did"
     if before > conflict_deg and after > 0.5 * before:
-        reason = (
+        return (
             f"the normals and the depth disagree ({before:.1f} degrees, median) and integration cannot reconcile "
-            f"them ({after:.1f} after): wrong normals or another convention; kept the prediction"
+            f"them ({after:.1f} after): wrong normals or another convention"
         )
-        return RefinedDepth(prior, reason, checks, res)
     if coarse > max_departure:
-        reason = (
-            f"the integrated depth departs from the prediction at the large scale by {coarse:.3f} "
-            f"(> {max_departure:g}): kept the prediction"
+        return (
+            f"the integrated depth departs from the prediction at the large scale by {coarse:.3f} (> {max_departure:g})"
         )
-        return RefinedDepth(prior, reason, checks, res)
-    return RefinedDepth(res.depth, "", checks, res)
+    return ""
 
 
 # ------------------------------------------------------------------------------------- one view

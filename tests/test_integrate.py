@@ -609,6 +609,37 @@ def test_prior_family_room_rows_recover_a_positive_shift(shared_data):
         assert r["ours_error"] < 0.3 * r["naive_error"] and r["ours_over_oracle"] < 2.0
 
 
+def test_a_prior_warped_as_a_whole_is_held_loosely_unless_that_fails_the_self_check():
+    """Where the prior disagrees with the normals over the whole image (median angle well beyond the
+    normals' own error), its weight is lowered everywhere, and the normals (3-degree smooth bias)
+    correct more of its warp than under the per-region weight alone. Where the looser result departs
+    too far from the prior at the large scale, the per-region weight is tried again before falling back."""
+    from lotus3d.simulate import _rotate
+    from lotus3d.single import refine_with_normals
+
+    d, n, K = _tilted_plane(288, 384)
+    m = np.isfinite(n).all(-1)
+    for seed, amplitude, loosened in ((2, 0.1, True), (1, 0.15, False)):
+        rng = np.random.default_rng(seed)
+        bias = np.stack([smooth_field(d.shape, rng, cells=3) for _ in range(3)], -1) * np.radians(3.0)
+        normal = _rotate(n.astype(np.float64), bias).astype(np.float32)
+        warped = d * np.exp(amplitude * smooth_field(d.shape, rng, cells=2))
+        overall = refine_with_normals(normal, K, m, warped)
+        per_region = refine_with_normals(normal, K, m, warped, warped_floor=1.0)
+        assert not overall.fallback and not per_region.fallback
+        assert overall.checks["prior_vs_normals_deg"] > 10.0
+        if loosened:
+            assert overall.checks["overall_weight_factor"] < 0.5 and "failed_attempts" not in overall.checks
+            err = _median_scaled_error(overall.depth, d, m)
+            assert err < 0.6 * _median_scaled_error(per_region.depth, d, m)
+            assert err < 0.4 * _median_scaled_error(warped, d, m)
+        else:  # the loose attempt departed too far: the per-region one is returned, not the prior
+            assert overall.checks["overall_weight_factor"] == 1.0
+            assert "large scale" in overall.checks["failed_attempts"][0]
+            np.testing.assert_array_equal(overall.depth, per_region.depth)
+            assert _median_scaled_error(overall.depth, d, m) < _median_scaled_error(warped, d, m)
+
+
 def test_prior_weight_holds_an_agreeing_prior_and_yields_to_a_tilted_one():
     """Per region, the prior weight follows how the prior and the normals agree. An exact prior with
     normals of a smooth 4-degree bias: held more firmly than under the plain weight, so less of the
