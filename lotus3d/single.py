@@ -365,7 +365,8 @@ def refine_with_normals(
       halve the disagreement: if it cannot, the normals are wrong (or follow another convention, or
       belong to another image) and the prior held them back everywhere.
     """
-    grid = ComparisonGrid(mask & np.isfinite(prior), K, scales=(0.0, 1.0, 2.0, 4.0))
+    usable = mask & np.isfinite(prior)
+    grid = ComparisonGrid(usable, K, scales=(0.0, 1.0, 2.0, 4.0))
     levels = grid.levels(prior, normal)
     checks: dict = {}
     if not levels:
@@ -382,12 +383,12 @@ def refine_with_normals(
     factor = np.where(near > 0.05, np.minimum(factor, 1e3), 1.0)  # no comparison nearby: the plain weight
     big = ndimage.zoom(factor, (mask.shape[0] / ang.shape[0], mask.shape[1] / ang.shape[1]), order=1)
     big = np.pad(big, ((0, mask.shape[0] - big.shape[0]), (0, mask.shape[1] - big.shape[1])), mode="edge")
+    big = big[: mask.shape[0], : mask.shape[1]]
     checks["conflict_fraction"] = round(float((ang[known] > conflict_deg).mean()), 4) if known.any() else 0.0
     m0, m1 = warped_deg
     overall = warped_floor ** float(np.clip((checks["prior_vs_normals_deg"] - m0) / (m1 - m0), 0.0, 1.0))
     for scale in (overall, 1.0) if overall < 1.0 else (1.0,):  # the looser map failing: the plain one
-        weight = prior_weight * scale * big[: mask.shape[0], : mask.shape[1]]
-        res = integrate_normals(normal, K, mask & np.isfinite(prior), prior_depth=prior, prior_weight=weight)
+        res = integrate_normals(normal, K, usable, prior_depth=prior, prior_weight=prior_weight * scale * big)
         checks["overall_weight_factor"] = round(scale, 4)
         reason = _self_check(grid, normal, mask, prior, res.depth, checks, tolerance_deg, conflict_deg, max_departure)
         if not reason:
