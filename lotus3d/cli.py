@@ -515,7 +515,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         default="sd2",
         help="model size for 'predict' (sd2: the real checkpoints' sizes; default: sd2)",
     )
-    p.add_argument("--processing-res", type=int, default=768, help="processing resolution (default: 768)")
+    p.add_argument(
+        "--processing-res", type=int, default=768, help="processing resolution, 'predict' and photos (default: 768)"
+    )
     p.add_argument("-o", "--out", type=Path, default=None, help="folder for outputs and summary.json")
     p.add_argument(
         "--prediction",
@@ -540,6 +542,42 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         default=3,
         help="'single': timed runs of each solver per input, interleaved; the median is reported (default: 3)",
     )
+    p.add_argument(
+        "--part",
+        choices=["all", "solvers", "priors", "photos"],
+        default="all",
+        help="'single': which part to run: the integration solvers (panel, DiLiGenT), the depth step on "
+        "simulated predictions (~6 min), lotus3d single on the real photos (needs Lotus weights), or all",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="'single' photos: the depth checkpoint, a Hugging Face id or a local folder (default: as lotus3d single)",
+    )
+    p.add_argument(
+        "--normal-model",
+        default=None,
+        help="'single' photos: the normal checkpoint (default: as lotus3d single)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="'single': the draw of scenes, cameras and prediction errors for the depth step (default 0: the "
+        "figures in docs/benchmarks.md; any other: a held-out draw nothing was tuned on)",
+    )
+    p.add_argument(
+        "--fov",
+        type=float,
+        default=None,
+        help="'single': horizontal field of view of the depth step's views, degrees (default: 55 around the "
+        "objects, 60 in the room)",
+    )
+    p.add_argument(
+        "--resolution",
+        default="768x576",
+        help="'single': WIDTHxHEIGHT of the depth step's views (default: 768x576)",
+    )
 
 
 @command(
@@ -552,7 +590,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then the whole "
     "depth step on simulated predictions of every error mode (objects on a floor, views inside a room) vs the "
-    "prediction itself, naive and with the oracle shift. 'ray': views per second, local vs a local Ray cluster. "
+    "prediction itself, naive and with the oracle shift (--part, --seed for held-out draws), and lotus3d single "
+    "on the shared real photos (with Lotus weights; qualitative). "
+    "'ray': views per second, local vs a local Ray cluster. "
     "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras. "
     "'video': keyframes picked from rendered walk-around clips vs as many ideal photos, same pipeline.",
 )
@@ -576,12 +616,37 @@ def _bench(args: argparse.Namespace) -> int:
         run_video(out=args.out)
     elif args.stage == "single":
         from lotus3d.bench.single import run as run_single_bench
+        from lotus3d.configs import PredictConfig
+        from lotus3d.errors import InputError
 
         if args.repeats < 1:
-            from lotus3d.errors import InputError
-
             raise InputError(f"--repeats must be at least 1, not {args.repeats}")
-        run_single_bench(repeats=args.repeats, out=args.out)
+        try:
+            size = tuple(int(x) for x in args.resolution.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 64:
+            raise InputError(
+                f"--resolution must be WIDTHxHEIGHT, each at least 64 (e.g. 768x576), not {args.resolution!r}"
+            )
+        if args.fov is not None and not 10 <= args.fov <= 120:
+            raise InputError(f"--fov must be between 10 and 120 degrees, not {args.fov:g}")
+        models = {k: v for k, v in (("depth_model", args.model), ("normal_model", args.normal_model)) if v}
+        part = {
+            "all": {},
+            "solvers": {"priors": False, "photos": False},
+            "priors": {"sizes": (), "diligent": False, "photos": False},
+            "photos": {"sizes": (), "diligent": False, "priors": False},
+        }[args.part]
+        run_single_bench(
+            repeats=args.repeats,
+            out=args.out,
+            seed=args.seed,
+            prior_size=size,
+            fov_deg=args.fov,
+            pcfg=PredictConfig(processing_res=args.processing_res, **models),
+            **part,
+        )
     elif args.scaling:
         from lotus3d.bench.reconstruct import alignment_scaling
 

@@ -81,11 +81,14 @@ def world_light(cam: Camera) -> np.ndarray:
     return cam.world_to_camera[:3, :3] @ WORLD_LIGHT
 
 
-def preset_cameras(preset: str, meshes: list[Mesh], n: int, width: int, height: int, seed: int = 0) -> list[Camera]:
-    """Cameras orbiting the objects (not the floor) of a preset."""
+def preset_cameras(
+    preset: str, meshes: list[Mesh], n: int, width: int, height: int, seed: int = 0, fov_deg: float = 55.0
+) -> list[Camera]:
+    """Cameras orbiting the objects (not the floor) of a preset, ``fov_deg`` horizontal; at another field
+    of view than 55 degrees they stand nearer or farther so that the objects fill as much of the image."""
     objects = merge_meshes(meshes[:-1])
-    dist = 2.3 if preset == "orbit" else 2.0
-    return orbit_cameras(objects, n, width, height, fov_deg=55.0, distance=dist, elevations=(12.0, 38.0), seed=seed)
+    dist = (2.3 if preset == "orbit" else 2.0) * np.tan(np.radians(27.5)) / np.tan(np.radians(fov_deg / 2))
+    return orbit_cameras(objects, n, width, height, fov_deg=fov_deg, distance=dist, elevations=(12.0, 38.0), seed=seed)
 
 
 def write_scene(

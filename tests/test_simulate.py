@@ -100,3 +100,17 @@ def test_quantise_leaves_few_levels(view):
     assert len(np.unique(pred.depth)) <= 64
     fine = simulate_mode(view, _only("warp", 0.0), np.random.default_rng(7))
     assert len(np.unique(fine.depth)) > 1000
+
+
+def test_preset_cameras_at_another_field_of_view_frame_the_objects_alike():
+    """The held-out benchmark draws views at other fields of view: the cameras move so that the
+    objects cover about as much of the image as at the default 55 degrees, with that field of view."""
+    meshes = scenes.preset_meshes("orbit", 0)
+    objects = synthetic.Renderer(meshes[:-1])
+    cover = {}
+    for fov in (40.0, 55.0, 75.0):
+        cams = scenes.preset_cameras("orbit", meshes, 4, 160, 120, seed=0, fov_deg=fov)
+        assert cams[1].K[0, 0] == pytest.approx(80 / np.tan(np.radians(fov / 2)), rel=1e-3)
+        cover[fov] = np.mean([objects.render(c).mask.mean() for c in cams])
+    assert 0.1 < cover[55.0] < 0.6
+    assert cover[40.0] == pytest.approx(cover[55.0], rel=0.15) and cover[75.0] == pytest.approx(cover[55.0], rel=0.15)

@@ -15,7 +15,9 @@
 A third part (:func:`prior_family_rows`) runs ``lotus3d single``'s depth step on simulated
 predictions of every error mode, three views of each of the two synthetic presets and four from
 inside the shared copy-room scan at 768x576, and compares the result with the prediction itself:
-naive (no shift) and with the oracle shift.
+naive (no shift), with the oracle shift and with our shift; other seeds, sizes and fields of view
+draw held-out rows. A fourth (:func:`photo_rows`) runs ``lotus3d single`` on the shared real
+photos with Lotus (qualitative: an overview image; skipped, with the reason, without weights).
 
 It reports time, peak memory (tracemalloc: numpy allocations) and the mean absolute depth error
 after median scaling (MADE; relative to the mean GT depth for the panel, millimetres for DiLiGenT, as
@@ -42,6 +44,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 from threadpoolctl import threadpool_limits
 
+from ..configs import PredictConfig
 from ..integrate import integrate_normals, log_depth_gradients
 from ..io import load_image
 from ..mesh import load_mesh
@@ -127,7 +130,7 @@ def _panel_mesh(name: str) -> Path | None:
     return bundled_cow() if name == "cow" else _shared_bottle()
 
 
-def room_views(width: int, height: int, n: int = 4, seed: int = 1) -> list | None:
+def room_views(width: int, height: int, n: int = 4, seed: int = 1, fov_deg: float = 60.0) -> list | None:
     """``n`` views from inside shared/data's copy-room scan (None when it is absent): cameras at
     random places in the room's middle 60 %, looking 15-35 degrees down, kept when they see a
     surface at 98 % of the pixels, nothing nearer than 0.5 m, and a depth range of at least 1.8x
@@ -139,7 +142,7 @@ def room_views(width: int, height: int, n: int = 4, seed: int = 1) -> list | Non
     mesh = load_mesh(path)
     renderer = Renderer(mesh)
     lo, hi = mesh.bounds
-    K = intrinsics_from_fov(width, height, 60.0)
+    K = intrinsics_from_fov(width, height, fov_deg)
     rng = np.random.default_rng(seed)
     views: list = []
     for _ in range(400):
@@ -325,12 +328,20 @@ def run(
     priors: bool = True,
     repeats: int = 3,
     out: Path | None = None,
+    seed: int = 0,
+    prior_size: tuple[int, int] = (768, 576),
+    fov_deg: float | None = None,
+    photos: bool = True,
+    pcfg: PredictConfig | None = None,
 ) -> list[dict]:
     """Run the benchmark (see the module docstring), print each row as it is measured, write the rows
-    to ``out``/summary.json (default bench_out/single) and return them."""
+    to ``out``/summary.json (default bench_out/single) and return them. ``sizes=()`` and
+    ``diligent=False`` leave only the prior-family rows, drawn with ``seed`` at ``prior_size`` (width,
+    height) and ``fov_deg`` (:func:`prior_family_rows`); ``photos`` adds the real photos
+    (:func:`photo_rows`, Lotus from ``pcfg``)."""
     print(f"numba kernels compiled / loaded in {warm_up():.1f} s (once per process, not timed below)")
     rows = []
-    panel = [(name, _panel_mesh(mesh), direction) for name, mesh, direction in PANEL]
+    panel = [(name, _panel_mesh(mesh), direction) for name, mesh, direction in PANEL] if sizes else []
     missing = [name for name, path, _ in panel if path is None]
     if missing:
         print(f"(panel views {', '.join(missing)} skipped: no shared/data/mesh_fuze_bottle)")
@@ -351,9 +362,17 @@ def run(
         rows += dili + [summary("DiLiGenT, all 9", dili)]
         print(f"{'':>24s}  (BiNI paper: mean MADE 1.5036 mm)")
     if priors:
-        print("with a depth prior, simulated predictions of every error mode (ours vs the prior itself):")
-        rows += prior_family_rows()
+        print(
+            "with a depth prior, simulated predictions of every error mode (ours vs the prior itself), "
+            f"{prior_size[0]}x{prior_size[1]}, seed {seed}"
+            + (f", {fov_deg:g} deg field of view" if fov_deg else "")
+            + ":"
+        )
+        rows += prior_family_rows(*prior_size, seed=seed, fov_deg=fov_deg)
     out = Path(out or "bench_out/single")
+    if photos:
+        print("real photos, lotus3d single with Lotus (no ground truth: see the overview image):")
+        rows += photo_rows(out / "photos", pcfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float))
     print(f"rows written to {out / 'summary.json'}")
@@ -367,6 +386,8 @@ def prior_family_rows(
     presets: tuple[str, ...] = ("orbit", "objects", "room"),
     views: tuple[int, ...] = (0, 3, 5),
     modes: tuple[str, ...] | None = None,
+    seed: int = 0,
+    fov_deg: float | None = None,
 ) -> list[dict]:
     """``lotus3d single``'s depth (:func:`lotus3d.single.reconstruct_depth`, K known) on simulated
     predictions of every error mode (:data:`lotus3d.simulate.ERROR_MODES` and the calibrated
@@ -376,7 +397,9 @@ def prior_family_rows(
     shift is then lower by the offset). Per row: mean relative depth error (median-scaled) of the naive prior (no
     shift), of the prior with the oracle shift (the best for the ground truth), and of ours; ours /
     oracle; the median angle between the normals of our surface and the true ones (and of the
-    predicted normals), and whether ours fell back to the prior."""
+    predicted normals), and whether ours fell back to the prior. ``seed`` draws the scenes' layout, the
+    cameras and the prediction errors: 0 gives the rows docs/benchmarks.md reports, other seeds held-out
+    rows nothing was tuned on. ``fov_deg`` (horizontal) replaces the presets' 55 and the room's 60 degrees."""
     from .. import scenes, single, synthetic
     from ..integrate import depth_to_normals
     from ..simulate import ERROR_MODES, draw_error_model, simulate_mode, simulate_realistic
@@ -386,7 +409,7 @@ def prior_family_rows(
     rows = []
     for preset in presets:
         if preset == "room":
-            rendered = room_views(width, height)
+            rendered = room_views(width, height, seed=1 + seed, fov_deg=fov_deg or 60.0)
             if rendered is None:
                 print("(room rows skipped: no shared/data/mesh_copyroom)")
                 continue
@@ -395,14 +418,14 @@ def prior_family_rows(
             print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
             continue
         else:
-            meshes = scenes.preset_meshes(preset, 0, bottle if preset == "objects" else None)
+            meshes = scenes.preset_meshes(preset, seed, bottle if preset == "objects" else None)
             renderer = synthetic.Renderer(meshes)
-            cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=0)
+            cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=seed, fov_deg=fov_deg or 55.0)
             labelled = [(i, renderer.render(cams[i])) for i in views]
         for i, v in labelled:
             K = v.camera.K
             for mode in modes or all_modes:
-                rng = np.random.default_rng([i, all_modes.index(mode)])
+                rng = np.random.default_rng([i, all_modes.index(mode)] + ([seed] if seed else []))
                 p = (
                     simulate_realistic(v, rng)
                     if mode == "realistic"
@@ -427,6 +450,7 @@ def prior_family_rows(
                         "naive_error": _relative_error(naive, v.depth, m & np.isfinite(naive)),
                         "oracle_error": _oracle_shift_error(pred, v.depth, m),
                         "ours_error": _relative_error(view.refined.depth, v.depth, m),
+                        "own_prior_error": _relative_error(view.prior, v.depth, m),
                         "ours_normal_deg": _median_angle(depth_to_normals(view.refined.depth, K), v.normal, m),
                         "predicted_normal_deg": _median_angle(p.normal, v.normal, m),
                     }
@@ -434,6 +458,7 @@ def prior_family_rows(
                     rows.append(row)
                     print(
                         f"{row['input']:>34s}: naive {row['naive_error']:.4f}  oracle shift {row['oracle_error']:.4f}  "
+                        f"our shift {row['own_prior_error']:.4f}  "
                         f"ours {row['ours_error']:.4f} ({row['ours_over_oracle']:.2f}x oracle)  normals "
                         f"{row['ours_normal_deg']:4.1f} deg (predicted {row['predicted_normal_deg']:.1f})  "
                         f"shift {view.shift.shift:+.3f}{'' if view.shift.determined else ' (kept)'}  {seconds:.1f} s"
@@ -448,16 +473,96 @@ def prior_family_rows(
     return rows
 
 
+def photo_rows(out: Path, pcfg: PredictConfig | None = None, folder: Path | None = None) -> list[dict]:
+    """``lotus3d single`` on real photos (``folder``, default shared/data/photos_single): no ground
+    truth, so the rows are qualitative: the predictions are cached in ``out``/predictions, each
+    photo's mesh, preview and report written to ``out``, and ``out``/overview.png shows every photo
+    beside its refined depth and predicted normals. Per row: the field of view and where it came from,
+    the shift, the prior's disagreement with the normals, whether the integration was kept, the
+    time from the cached prediction to the written mesh. Needs Lotus weights (``pcfg``, default the
+    Hugging Face ids); without them it prints why and returns no rows."""
+    import cv2
+
+    from ..configs import SingleConfig
+    from ..errors import Lotus3DError, ModelError
+    from ..io import list_images, save_image
+    from ..pipelines.predict import predict_scene
+    from ..pipelines.single import run_single
+
+    folder = folder or (shared_data() or Path("/nonexistent")) / "photos_single"
+    if not folder.is_dir():
+        print(f"(photo rows skipped: no {folder})")
+        return []
+    pcfg = pcfg or PredictConfig()
+    out = Path(out)
+    try:
+        predict_scene(folder, pcfg, out=out / "predictions", progress=False)
+    except ModelError as e:
+        print(f"(photo rows skipped: no Lotus weights here: {e})")
+        return []
+    rows, sheet = [], []
+    for image in list_images(folder):
+        t0 = time.perf_counter()
+        try:
+            res = run_single(image, out / f"{image.stem}.glb", SingleConfig(), pcfg, out / "predictions")
+        except Lotus3DError as e:
+            rows.append({"input": f"photo {image.name}", "failed": str(e)})
+            print(f"{rows[-1]['input']:>34s}: FAILED: {e}", flush=True)
+            continue
+        r = res.report
+        checks = r["integration"]["checks"]
+        row = {
+            "input": f"photo {image.name}",
+            "model": pcfg.depth_model,
+            "seconds": time.perf_counter() - t0,
+            "intrinsics_source": r["intrinsics_source"],
+            "shift": r["shift"],
+            "shift_determined": r["shift_determined"],
+            "normal_agreement_deg": r["normal_agreement_deg"],
+            "prior_vs_normals_deg": checks.get("prior_vs_normals_deg"),
+            "fallback": r["integration"]["fallback"],
+            "preview": str(res.preview),
+        }
+        rows.append(row)
+        print(
+            f"{row['input']:>34s}: {row['intrinsics_source']}; shift {row['shift']:+.3f}"
+            f"{'' if row['shift_determined'] else ' (kept)'}; normals vs prior "
+            f"{row['prior_vs_normals_deg'] or float('nan'):.1f} deg; "
+            f"{'FELL BACK: ' + row['fallback'] if row['fallback'] else 'integration kept'}; {row['seconds']:.1f} s",
+            flush=True,
+        )
+        pair = [load_image(image), load_image(res.preview)]
+        sheet.append(
+            np.concatenate(
+                [
+                    cv2.resize(a, (round(a.shape[1] * 240 / a.shape[0]), 240), interpolation=cv2.INTER_AREA)
+                    for a in pair
+                ],
+                1,
+            )
+        )
+    if sheet:
+        width = max(a.shape[1] for a in sheet)
+        save_image(
+            out / "overview.png", np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0))) for a in sheet])
+        )
+        print(f"photos beside their depth and normals: {out / 'overview.png'}")
+    return rows
+
+
 def _family_summary(name: str, rows: list[dict]) -> str:
     """One line over prior-family rows: ours / oracle-shift and ours / naive (median, max), rows within
-    1.2x the oracle and above the naive prior, our surface's median normal error, fall-backs."""
+    1.2x the oracle and above the naive prior and above its own shifted prior (the integration's input),
+    our surface's median normal error, fall-backs."""
     o = np.array([r["ours_over_oracle"] for r in rows])
     n = np.array([r["ours_error"] / r["naive_error"] for r in rows])
+    own = np.array([r["ours_error"] / r["own_prior_error"] for r in rows])
     deg = np.array([r["ours_normal_deg"] for r in rows])
     return (
         f"{name:>12s} ({len(rows)} rows): ours / oracle-shift prior {np.median(o):.2f} (max {o.max():.2f}), "
         f"within 1.2x on {(o <= 1.2).sum()}; ours / naive prior {np.median(n):.2f} (max {n.max():.2f}), above on "
-        f"{(n > 1).sum()}; normals {np.median(deg):.1f} deg (max {deg.max():.1f}); shift kept at 0 on "
+        f"{(n > 1).sum()}; above its own shifted prior on {(own > 1).sum()} (max {own.max():.2f}); "
+        f"normals {np.median(deg):.1f} deg (max {deg.max():.1f}); shift kept at 0 on "
         f"{sum(not r['shift_determined'] for r in rows)}; fell back on {sum(bool(r['fallback']) for r in rows)}"
     )
 
