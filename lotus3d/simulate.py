@@ -58,6 +58,9 @@ def _rotate(n: np.ndarray, axis_angle: np.ndarray) -> np.ndarray:
     return n * cos + np.cross(k, n) * sin + k * np.sum(k * n, -1, keepdims=True) * (1 - cos)
 
 
+REALISTIC_NORMAL_BIAS_DEG = 4.0  # the calibrated model's smooth normal bias (amplitude, degrees)
+
+
 def simulate_realistic(
     view: RenderedView,
     rng: np.random.Generator,
@@ -66,7 +69,7 @@ def simulate_realistic(
     warp_amplitude: float = 1.0,
     noise_sigma: float = 0.03,
     blur_px: float = 2.5,
-    normal_bias_deg: float = 4.0,
+    normal_bias_deg: float = REALISTIC_NORMAL_BIAS_DEG,
     normal_noise_deg: float = 2.0,
 ) -> Prediction:
     """A calibrated, realistic Lotus-like prediction for ``view`` (see the module docstring).

@@ -191,7 +191,7 @@ def recover_shift(
     return problem.solve(tolerance_deg)
 
 
-def _grid_then_golden(f, grid: np.ndarray, steps: int) -> tuple[float, np.ndarray]:
+def grid_then_golden(f, grid: np.ndarray, steps: int) -> tuple[float, np.ndarray]:
     """Minimise ``f`` over sorted ``grid`` values, then by golden section between the best one's
     neighbours; returns (the minimiser, f on the grid)."""
     values = np.array([f(x) for x in grid])
@@ -238,7 +238,7 @@ class _ShiftProblem:
             return ShiftResult(
                 0.0, float("nan"), cands, np.full(len(cands), np.nan), False, (0.0, 0.0), "too few reliable pixels"
             )
-        t, errs = _grid_then_golden(err, cands, refine_steps)
+        t, errs = grid_then_golden(err, cands, refine_steps)
         best = min(err(t), float(np.nanmin(errs)))
         near = cands[errs <= best + tolerance_deg]
         interval = (float(min(near.min(), t)), float(max(near.max(), t))) if len(near) else (float(t), float(t))
@@ -296,7 +296,7 @@ def recover_focal(
         coarse.grid.set_camera(intrinsics_from_fov(w, h, fov))
         return coarse.solve(0.5, refine_steps=6).angular_error_deg
 
-    fov, errs = _grid_then_golden(err, fovs, 6)
+    fov, errs = grid_then_golden(err, fovs, 6)
     reason = ""
     if not np.isfinite(fov):
         reason = "the normals and the prediction give nothing to compare at any field of view"

@@ -600,8 +600,30 @@ def test_prior_family_benchmark_rows_compare_ours_with_the_prediction():
             assert r["ours_error"] < r["naive_error"] and r["oracle_error"] <= r["naive_error"]
             assert r["own_prior_error"] < r["naive_error"]  # the prior under our shift
             assert r["ours_over_oracle"] == pytest.approx(r["ours_error"] / r["oracle_error"])
-        drawn[seed] = [r["naive_error"] for r in rows]
-    assert all(abs(a / b - 1) > 0.01 for a, b in zip(drawn[0], drawn[1], strict=True))
+            # background fills more than 2 % of the view: the generating shift is known, -0.3
+            assert r["true_shift"] == -0.3 and r["oracle_error"] <= 1.002 * r["true_shift_error"] < r["naive_error"]
+        drawn[seed] = rows
+    assert all(abs(a["naive_error"] / b["naive_error"] - 1) > 0.01 for a, b in zip(*drawn.values(), strict=True))
+    # the normals' smooth bias removed: the same draws otherwise (the depth is identical), better normals
+    unbiased = prior_family_rows(
+        192, 144, offsets=(0.3,), presets=("orbit",), views=(0,), modes=("texture", "warp"), normal_bias_scale=0.0
+    )
+    for a, b in zip(drawn[0], unbiased, strict=True):
+        assert a["naive_error"] == b["naive_error"] and a["oracle_error"] == b["oracle_error"]
+        assert b["predicted_normal_deg"] < a["predicted_normal_deg"] - 0.5
+
+
+def test_oracle_shift_error_finds_a_shift_between_its_grid_steps():
+    """The benchmark's oracle on an exact prior whose true shift lies between grid points (the far
+    end well above zero, as seen from inside a room): the refined search finds it, the error is ~0."""
+    from lotus3d.bench.single import _oracle_shift_error
+
+    yy, xx = np.mgrid[0:96, 0:128]
+    depth = 2.0 + 0.03 * xx + 0.01 * yy  # 2 to 6.8 units
+    mask = np.ones(depth.shape, bool)
+    for true_shift in (0.537, 0.9):
+        pred = (1.0 / depth) / 0.4 - true_shift  # disparity, scaled and shifted; + true_shift undoes it
+        assert _oracle_shift_error(pred, depth, mask) < 2e-4
 
 
 def test_prior_family_room_rows_recover_a_positive_shift(shared_data):
@@ -614,6 +636,7 @@ def test_prior_family_room_rows_recover_a_positive_shift(shared_data):
     assert [r["input"] for r in rows] == [f"room view {i} texture" for i in (1, 2, 3, 4)]
     for r in rows:
         assert r["shift_determined"] and r["shift"] > 0.2
+        assert r["true_shift"] is None and r["true_shift_error"] is None  # nothing at infinity: not known
         assert r["ours_error"] < 0.3 * r["naive_error"] and r["ours_over_oracle"] < 2.0
 
 
