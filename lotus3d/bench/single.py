@@ -446,10 +446,10 @@ def prior_family_rows(
             labelled = [(i, renderer.render(cams[i])) for i in views]
         for i, v in labelled:
             K = v.camera.K
+            known = float((~v.mask).mean()) > 0.02  # the normalisation's 2 % quantile is background: 0
             for mode in modes or all_modes:
                 rng = np.random.default_rng([i, all_modes.index(mode)] + ([seed] if seed else []))
                 p = simulate(v, mode, rng)
-                known = float((~v.mask).mean()) > 0.02  # the normalisation's 2 % quantile is background: 0
                 for off in offsets:
                     pred = np.where(v.mask, p.depth + off, 0.0).astype(np.float32)
                     mask = v.mask & np.isfinite(p.normal).all(-1) & (pred > 0.01 + off)
@@ -457,9 +457,7 @@ def prior_family_rows(
                     view = single.reconstruct_depth(pred, "disparity", p.normal, K, mask)
                     seconds = time.perf_counter() - t0
                     m = view.mask
-                    naive = single.depth_from_affine(pred, "disparity", 0.0)
-                    true = single.depth_from_affine(pred, "disparity", -off) if known else None
-                    true_error = None if true is None else _relative_error(true, v.depth, m & np.isfinite(true))
+                    true_shift = -off if known else None
                     row = {
                         "input": f"{preset} view {i + 1} {mode}" + (f" +{off:g}" if off else ""),
                         "mode": mode,
@@ -468,12 +466,14 @@ def prior_family_rows(
                         "shift": view.shift.shift,
                         "shift_determined": view.shift.determined,
                         "fallback": view.refined.fallback,
-                        "naive_error": _relative_error(naive, v.depth, m & np.isfinite(naive)),
+                        "naive_error": _shifted_prior_error(pred, v.depth, m, 0.0),
                         "oracle_error": _oracle_shift_error(pred, v.depth, m),
                         "ours_error": _relative_error(view.refined.depth, v.depth, m),
                         "own_prior_error": _relative_error(view.prior, v.depth, m),
-                        "true_shift": -off if known else None,
-                        "true_shift_error": true_error,
+                        "true_shift": true_shift,
+                        "true_shift_error": None
+                        if true_shift is None
+                        else _shifted_prior_error(pred, v.depth, m, true_shift),
                         "ours_normal_deg": _median_angle(depth_to_normals(view.refined.depth, K), v.normal, m),
                         "predicted_normal_deg": _median_angle(p.normal, v.normal, m),
                     }
@@ -596,6 +596,15 @@ def _family_summary(name: str, rows: list[dict]) -> str:
         f"normals {np.median(deg):.1f} deg (max {deg.max():.1f}); shift kept at 0 on "
         f"{sum(not r['shift_determined'] for r in rows)}; fell back on {sum(bool(r['fallback']) for r in rows)}"
     )
+
+
+def _shifted_prior_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, shift: float) -> float:
+    """Mean relative depth error (median-scaled) of disparity ``pred`` under ``shift``, over ``mask``
+    where that depth is finite."""
+    from ..single import depth_from_affine
+
+    d = depth_from_affine(pred, "disparity", shift)
+    return _relative_error(d, gt, mask & np.isfinite(d))
 
 
 def _oracle_shift_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
