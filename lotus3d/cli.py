@@ -256,17 +256,18 @@ def _single(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- warmup
 @command(
     "warmup",
-    help="compile the single-view integration kernels once (numba), so that the first 'single' is fast",
+    help="compile the single-view kernels once (numba), so that the first 'single' is fast",
     description=(
-        "Compile the normal-integration kernels and store them in numba's disk cache (the package's __pycache__, "
-        "or NUMBA_CACHE_DIR). A machine's first compile takes tens of seconds on a small CPU; afterwards every "
-        "process loads them in under a second. 'lotus3d single' also starts this in the background by itself."
+        "Compile the single-view kernels (normal integration, shift search) and store them in numba's disk cache "
+        "(the package's __pycache__, or NUMBA_CACHE_DIR). A machine's first compile takes tens of seconds on a small "
+        "CPU; afterwards every process loads them in under a second. 'lotus3d single' also starts this in the "
+        "background by itself."
     ),
 )
 def _warmup(args: argparse.Namespace) -> int:
-    from lotus3d.integrate import warm_up
+    from lotus3d.single import warm_up
 
-    print(f"integration kernels ready in {warm_up():.1f} s")
+    print(f"single-view kernels ready in {warm_up():.1f} s")
     return 0
 
 
@@ -592,7 +593,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     help="benchmarks: ours vs a baseline, measured side by side (not tests)",
     description="Benchmarks print ours vs a baseline measured in the same run, as ratios. "
     "'predict': depth + normal for one 640x480 image with random-initialised SD2-sized Lotus models "
-    "(built once into ~/.cache/lotus3d/bench-models, ~10 GB) vs a plain reference of the official pipeline. "
+    "(built once into ~/.cache/lotus3d/bench-models, or $LOTUS3D_CACHE/bench-models, ~10 GB) vs a plain "
+    "reference of the official pipeline. "
     "'reconstruct': rendered scenes with exact ground truth, fused from GT depth, an oracle per-view affine fit, "
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then the whole "

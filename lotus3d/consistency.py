@@ -39,8 +39,10 @@ def neighbours(cameras: dict[str, Camera], name: str, k: int, max_angle_deg: flo
     return [o for _, o in sorted(cands)[:k]]
 
 
-def backproject(depth: np.ndarray, cam: Camera, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """World points (N, 3) of the valid pixels, and their (N, 2) integer pixel positions (x, y)."""
+def world_points(depth: np.ndarray, cam: Camera, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """World points (N, 3) of the pixels of (H, W) ``depth`` with a positive depth (every ``stride``-th
+    pixel), and their (N, 2) integer pixel positions (x, y); :func:`lotus3d.types.backproject` gives
+    every pixel's point in the camera frame instead."""
     ys, xs = np.nonzero(np.isfinite(depth[::stride, ::stride]) & (depth[::stride, ::stride] > 0))
     ys, xs = ys * stride, xs * stride
     z = depth[ys, xs].astype(np.float64)
@@ -67,7 +69,7 @@ def consistency_masks(
     masks = {}
     for name, depth in depths.items():
         cam = cameras[name]
-        pts, pix = backproject(depth, cam, o.stride)
+        pts, pix = world_points(depth, cam, o.stride)
         agree = np.zeros(len(pts), np.int32)
         checked = np.zeros(len(pts), np.int32)
         for other in neighbours({n: cameras[n] for n in depths}, name, o.neighbours, o.max_angle_deg):

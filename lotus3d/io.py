@@ -40,6 +40,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def user_cache_dir() -> Path:
+    """lotus3d's own cache folder (converted models, benchmark checkpoints): ``$LOTUS3D_CACHE``, else
+    ``$XDG_CACHE_HOME/lotus3d``, else ``~/.cache/lotus3d``."""
+    if os.environ.get("LOTUS3D_CACHE"):
+        return Path(os.environ["LOTUS3D_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lotus3d"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one rename.

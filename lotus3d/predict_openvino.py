@@ -33,7 +33,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -47,7 +46,7 @@ import torch
 
 from .errors import ModelError
 from .groupnorm import spatial_group_norms
-from .io import atomic_write
+from .io import atomic_write, user_cache_dir
 from .upsampling import fold_upsamplers
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,8 @@ def available() -> bool:
 
 
 def cache_root() -> Path:
-    """``$LOTUS3D_CACHE/openvino`` or ``~/.cache/lotus3d/openvino``."""
-    base = os.environ.get("LOTUS3D_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lotus3d"
-    return Path(base) / "openvino"
+    """``openvino`` in lotus3d's cache folder (:func:`lotus3d.io.user_cache_dir`)."""
+    return user_cache_dir() / "openvino"
 
 
 # ---------------------------------------------------------------------------------------- hashing

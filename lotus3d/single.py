@@ -6,16 +6,19 @@ All in the OpenCV camera frame; depth along z.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
 import trimesh
+from numba import njit
 from PIL import Image
 from scipy import ndimage
 
 from .fuse import depth_edges
 from .integrate import IntegrationResult, angular_error_deg, depth_to_normals, integrate_normals
+from .integrate import warm_up as warm_up_integration
 from .mesh import Mesh, simplify
 from .types import DepthKind, backproject, intrinsics_from_fov
 
@@ -154,16 +157,67 @@ class ComparisonGrid:
         cos = self.cosine_map(depth, normal)[use]
         return np.degrees(np.arccos(cos[np.isfinite(cos)]))
 
-    def error(self, levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
-        """Mean over scales of the mean angle (truncated at 30 degrees) for (depth, normals, use) levels."""
-        errs = []
-        for depth, normal, use in levels:
-            ang = self.angles(depth, normal, use)
-            errs.append(float(np.minimum(ang, 30.0).mean()) if len(ang) else 90.0)
+    def affine_error(self, levels: list[tuple], kind: DepthKind, shift: float) -> float:
+        """Mean over ``levels`` (map (H, W), normals (H, W, 3), rows, cols of the compared pixels) of the
+        mean angle in degrees (truncated at :data:`ANGLE_CAP_DEG`) between the normals and those of
+        ``depth_from_affine(map, kind, shift)``; 90 for a level with no defined angle. The same figures,
+        bit for bit, as :meth:`angles` on whole depth maps, but the depth and its normals are computed
+        by one compiled pass at the compared pixels only: the shift and focal searches make thousands of
+        these calls."""
+        K, errs = self.K, []
+        for a, normal, rows, cols in levels:
+            h, w = a.shape
+            rx = (np.arange(w, dtype=np.float64) - K[0, 2]) / K[0, 0]
+            ry = (np.arange(h, dtype=np.float64) - K[1, 2]) / K[1, 1]
+            cos = np.empty(len(rows))
+            _affine_cosines(a, kind == "disparity", shift, rx, ry, normal, rows, cols, cos)
+            ang = np.degrees(np.arccos(cos[np.isfinite(cos)]))
+            errs.append(float(np.minimum(ang, ANGLE_CAP_DEG).mean()) if len(ang) else 90.0)
         return float(np.mean(errs)) if errs else float("nan")
 
 
+ANGLE_CAP_DEG = 30.0  # the shift search's angles are truncated here: a silhouette or crease is not a shift
 JUMP_OFFSET = 0.25  # in units of the prediction's span; see _ShiftProblem
+
+
+@njit(cache=True, inline="always")
+def _affine_point(a, disparity, shift, rx, ry, y, x):
+    """The back-projected point of pixel (y, x) of map ``a`` under ``shift`` (NaN where no depth)."""
+    v = a[y, x] + shift
+    if not v > 0:
+        return np.nan, np.nan, np.nan
+    d = 1.0 / v if disparity else v
+    return rx[x] * d, ry[y] * d, d
+
+
+@njit(cache=True, error_model="numpy")
+def _affine_cosines(a, disparity, shift, rx, ry, normal, rows, cols, out):  # pragma: no cover - compiled
+    """``out[k]``: the cosine (clipped to [-1, 1]; NaN where undefined) at pixel (rows[k], cols[k])
+    between ``normal`` (H, W, 3) and the normal of the depth 1 / (a + shift) (``disparity``) or
+    a + shift of map ``a`` (H, W), rays ``rx`` (W,), ``ry`` (H,) at z = 1. That normal is computed
+    as :func:`~lotus3d.integrate.depth_to_normals` does it (central differences of the back-projected
+    points, facing the camera, rounded to float32), in the same order of operations."""
+    h, w = a.shape
+    for k in range(rows.shape[0]):
+        i, j = rows[k], cols[k]
+        out[k] = np.nan
+        if i < 1 or j < 1 or i > h - 2 or j > w - 2:
+            continue
+        c0, c1, c2 = _affine_point(a, disparity, shift, rx, ry, i, j)
+        l0, l1, l2 = _affine_point(a, disparity, shift, rx, ry, i, j - 1)
+        r0, r1, r2 = _affine_point(a, disparity, shift, rx, ry, i, j + 1)
+        u0, u1, u2 = _affine_point(a, disparity, shift, rx, ry, i - 1, j)
+        b0, b1, b2 = _affine_point(a, disparity, shift, rx, ry, i + 1, j)
+        du0, du1, du2 = r0 - l0, r1 - l1, r2 - l2
+        dv0, dv1, dv2 = b0 - u0, b1 - u1, b2 - u2
+        n0, n1, n2 = dv1 * du2 - dv2 * du1, dv2 * du0 - dv0 * du2, dv0 * du1 - dv1 * du0
+        norm = np.sqrt(n0 * n0 + n1 * n1 + n2 * n2)
+        n0, n1, n2 = n0 / norm, n1 / norm, n2 / norm
+        if n0 * c0 + n1 * c1 + n2 * c2 > 0:
+            n0, n1, n2 = -n0, -n1, -n2
+        n0, n1, n2 = np.float64(np.float32(n0)), np.float64(np.float32(n1)), np.float64(np.float32(n2))
+        cos = n0 * normal[i, j, 0] + n1 * normal[i, j, 1] + n2 * normal[i, j, 2]
+        out[k] = min(max(cos, -1.0), 1.0)
 
 
 def recover_shift(
@@ -227,10 +281,11 @@ class _ShiftProblem:
         self.grid = ComparisonGrid(m, K, scales)
         # jumps judged as if the shift were a quarter of the span (the true one is unknown; at 0 a
         # quantisation step next to the far end would look like a 40 % depth jump)
-        self.levels = self.grid.levels(np.where(m, pred, np.nan), normal, jump_offset=JUMP_OFFSET * span)
+        levels = self.grid.levels(np.where(m, pred, np.nan), normal, jump_offset=JUMP_OFFSET * span)
+        self.levels = [(a, n, *np.nonzero(use)) for a, n, use in levels]
 
     def err(self, t: float) -> float:
-        return self.grid.error([(depth_from_affine(ps, self.kind, t), ns, use) for ps, ns, use in self.levels])
+        return self.grid.affine_error(self.levels, self.kind, t)
 
     def solve(self, tolerance_deg: float, refine_steps: int = 12) -> ShiftResult:
         cands, err = self.cands, self.err
@@ -252,6 +307,21 @@ class _ShiftProblem:
             keep = 0.0 if self.base < 0 else float(self.base)
             return ShiftResult(keep, best, cands, errs, False, interval, reason, float(t))
         return ShiftResult(float(t), best, cands, errs, True, interval, "", float(t))
+
+
+def warm_up() -> float:
+    """Compile every single-view kernel, or load it from numba's disk cache: the integration's
+    (:func:`lotus3d.integrate.warm_up`) and the shift search's; returns the seconds it took.
+    ``lotus3d warmup`` runs it once after installing; ``lotus3d single`` starts it in a background
+    thread while it reads the image and the prediction."""
+    t0 = time.perf_counter()
+    warm_up_integration()
+    a = np.linspace(1.0, 2.0, 25).reshape(5, 5)
+    normal = np.zeros((5, 5, 3))
+    normal[..., 2] = -1.0
+    rows, cols = np.nonzero(np.ones((5, 5), bool))
+    _affine_cosines(a, True, 0.5, np.linspace(-1, 1, 5), np.linspace(-1, 1, 5), normal, rows, cols, np.empty(len(rows)))
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------- focal length

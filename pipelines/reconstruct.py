@@ -583,7 +583,7 @@ def _chunks(model: sfm.SfMModel, n: int) -> list[tuple[int, float, float]]:
 
 def _clip_to_slab(depth: np.ndarray, cam: Camera, axis: int, lo: float, hi: float) -> np.ndarray:
     """The depth map with pixels whose 3D point lies outside lo <= x[axis] < hi set to NaN."""
-    pts, pix = consistency.backproject(depth, cam)
+    pts, pix = consistency.world_points(depth, cam)
     keep = (pts[:, axis] >= lo) & (pts[:, axis] < hi)
     out = np.full(depth.shape, np.nan, np.float32)
     out[pix[keep, 1], pix[keep, 0]] = depth[pix[keep, 1], pix[keep, 0]]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from lotus3d import integrate, single
+from lotus3d import single
 from lotus3d.cache import PredictionCache
 from lotus3d.configs import PredictConfig, SingleConfig
 from lotus3d.errors import InputError
@@ -81,8 +81,8 @@ def run_single(
     K = read_K(cfg.intrinsics) if cfg.intrinsics else None
     fov_deg, simplify = cfg.fov, cfg.simplify
     t0 = time.perf_counter()
-    # compile (or load) the integration kernels while the image and the prediction are read
-    threading.Thread(target=integrate.warm_up, name="lotus3d-warmup", daemon=True).start()
+    # compile (or load) the single-view kernels while the image and the prediction are read
+    threading.Thread(target=single.warm_up, name="lotus3d-warmup", daemon=True).start()
     image_path = Path(image_path)
     out = Path(out) if out else image_path.with_suffix(".glb")
     if out.suffix.lower() not in (".glb", ".obj", ".ply"):

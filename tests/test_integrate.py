@@ -77,6 +77,34 @@ def test_depth_normals_are_the_cross_product_of_central_differences():
     assert np.isnan(n[0]).all() and np.isnan(n[:, -1]).all()
 
 
+def test_the_compiled_shift_cost_equals_the_whole_map_one_bit_for_bit():
+    """The shift search's cost, computed by one compiled pass at the compared pixels, is the same number
+    as the angles of ``depth_to_normals`` of the whole shifted depth map, for both kinds of prediction,
+    shifts that leave part of the map without depth, a hole in the map and pixels on its border."""
+    from lotus3d.single import ANGLE_CAP_DEG, ComparisonGrid, depth_from_affine
+
+    rng = np.random.default_rng(3)
+    h, w = 48, 64
+    K = intrinsics_from_fov(w, h, 55.0)
+    grid = ComparisonGrid(np.ones((h, w), bool), K)  # step 1: the maps are full size
+    a = 0.2 + rng.random((h, w))
+    a[10:13, 20:24] = np.nan
+    normal = rng.normal(size=(h, w, 3))
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal[normal[..., 2] > 0] *= -1
+    use = rng.random((h, w)) < 0.6  # border pixels included: no normal there
+    level = (a, normal, *np.nonzero(use))
+    costs = []
+    for kind in ("disparity", "depth"):
+        for shift in (-0.5, -0.1, 0.0, 0.37, 4.0):
+            ang = grid.angles(depth_from_affine(a, kind, shift), normal, use)
+            want = float(np.minimum(ang, ANGLE_CAP_DEG).mean())
+            assert grid.affine_error([level, level], kind, shift) == want
+            costs.append(want)
+    assert len(set(costs)) == len(costs)  # every case a different figure: nothing was compared as a constant
+    assert grid.affine_error([(a, normal, np.array([0]), np.array([0]))], "depth", 0.0) == 90.0  # no angle defined
+
+
 def test_exact_normals_of_a_plane_integrate_to_its_depth():
     h, w = 60, 80
     K = intrinsics_from_fov(w, h, 50.0)
@@ -561,7 +589,7 @@ def test_focal_length_is_recovered_from_the_normals_of_a_rendered_view(shared_da
 
 def test_warmup_compiles_once_and_later_processes_load_the_kernels(tmp_path):
     """``lotus3d warmup`` on a machine with an empty numba cache compiles the kernels into it; a later
-    process integrating another map compiles nothing (every kernel a cache hit)."""
+    process integrating another map and searching its shift compiles nothing (every kernel a cache hit)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     first = subprocess.run([sys.executable, "-m", "lotus3d.cli", "warmup"], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
@@ -569,11 +597,12 @@ def test_warmup_compiles_once_and_later_processes_load_the_kernels(tmp_path):
     assert list((tmp_path / "numba").rglob("*.nbi")), "nothing cached"
     probe = (
         "import numpy as np\n"
-        "from lotus3d import integrate, multigrid\n"
+        "from lotus3d import integrate, multigrid, single\n"
         "from lotus3d.bench.single import cow_view\n"
         "d, n, K, m = cow_view(200, 180)\n"
         "integrate.integrate_normals(n, K, m, prior_depth=d)\n"
-        "fns = [f for mod in (integrate, multigrid) for f in vars(mod).values() if hasattr(f, 'stats')]\n"
+        "single.recover_shift(np.where(m, 1 / d, 0), 'disparity', n, K, m)\n"
+        "fns = [f for mod in (integrate, multigrid, single) for f in vars(mod).values() if hasattr(f, 'stats')]\n"
         "print(sum(f.stats.cache_misses.get(k, 0) for f in fns for k in f.stats.cache_misses),"
         " sum(sum(f.stats.cache_hits.values()) for f in fns))\n"
     )

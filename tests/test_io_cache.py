@@ -151,3 +151,21 @@ def test_cache_checks_sizes_nans_and_frames(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"depth": {"kind": "depth"}, "normal": {"frame": "opengl"}}))
     with pytest.raises(CacheError, match="opencv_camera_facing"):
         cache.read_meta()
+
+
+def test_every_lotus3d_cache_folder_follows_lotus3d_cache(tmp_path, monkeypatch):
+    """Converted OpenVINO models and the benchmark checkpoints go under ``$LOTUS3D_CACHE`` when it is
+    set, else ``$XDG_CACHE_HOME/lotus3d``; ``$LOTUS3D_BENCH_MODELS`` still names the checkpoints' own."""
+    from lotus3d.bench.predict import bench_models_dir
+    from lotus3d.io import user_cache_dir
+    from lotus3d.predict_openvino import cache_root
+
+    monkeypatch.delenv("LOTUS3D_BENCH_MODELS", raising=False)
+    monkeypatch.setenv("LOTUS3D_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert (cache_root(), bench_models_dir()) == (tmp_path / "mine/openvino", tmp_path / "mine/bench-models")
+    monkeypatch.delenv("LOTUS3D_CACHE")
+    assert user_cache_dir() == tmp_path / "xdg/lotus3d"
+    assert bench_models_dir() == tmp_path / "xdg/lotus3d/bench-models"
+    monkeypatch.setenv("LOTUS3D_BENCH_MODELS", str(tmp_path / "models"))
+    assert bench_models_dir() == tmp_path / "models"

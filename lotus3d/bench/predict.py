@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..dummy_models import make_lotus_checkpoint
+from ..io import user_cache_dir
 from ..predict import (
     TIMESTEP,
     LotusPredictor,
@@ -173,8 +174,9 @@ def _worker(which: str, depth: Path, normal: Path, res: int, out: Path) -> None:
 
 
 def bench_models_dir() -> Path:
-    """Where the benchmark checkpoints are built: ``$LOTUS3D_BENCH_MODELS`` or ~/.cache/lotus3d/bench-models."""
-    return Path(os.environ.get("LOTUS3D_BENCH_MODELS", Path.home() / ".cache/lotus3d/bench-models"))
+    """Where the benchmark checkpoints are built: ``$LOTUS3D_BENCH_MODELS``, else ``bench-models`` in
+    lotus3d's cache folder (:func:`lotus3d.io.user_cache_dir`: ``$LOTUS3D_CACHE`` or ~/.cache/lotus3d)."""
+    return Path(os.environ.get("LOTUS3D_BENCH_MODELS") or user_cache_dir() / "bench-models")
 
 
 def run(size: str = "sd2", processing_res: int = 768, models: Path | None = None, out: Path | None = None) -> dict:
