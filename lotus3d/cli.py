@@ -545,10 +545,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--part",
-        choices=["all", "solvers", "priors", "photos"],
+        choices=["all", "solvers", "priors", "focal", "photos"],
         default="all",
         help="'single': which part to run: the integration solvers (panel, DiLiGenT), the depth step on "
-        "simulated predictions (~6 min), lotus3d single on the real photos (needs Lotus weights), or all",
+        "simulated predictions (~6 min), the field of view recovered from the normals on views rendered at "
+        "40, 55 and 75 degrees (~6 min), lotus3d single on the real photos (needs Lotus weights), or all",
     )
     p.add_argument(
         "--model",
@@ -599,8 +600,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     "naive least squares and ours. 'single': normal integration vs a plain Jacobi-CG BiNI (as is and with BLAS "
     "on one thread) on a panel of six rendered views at three sizes and the DiLiGenT objects, then the whole "
     "depth step on simulated predictions of every error mode (objects on a floor, views inside a room) vs the "
-    "prediction itself, naive and with the oracle shift (--part, --seed for held-out draws), and lotus3d single "
-    "on the shared real photos (with Lotus weights; qualitative). "
+    "prediction itself, naive and with the oracle shift (--part, --seed for held-out draws), the field of view "
+    "recovered from the normals on views rendered at 40, 55 and 75 degrees, and lotus3d single on the shared "
+    "real photos (with Lotus weights; qualitative). "
     "'ray': views per second, local vs a local Ray cluster. "
     "'texture': the baked texture vs vertex colours on the same geometry, PSNR in training and held-out cameras. "
     "'video': keyframes picked from rendered walk-around clips vs as many ideal photos, same pipeline.",
@@ -645,9 +647,10 @@ def _bench(args: argparse.Namespace) -> int:
         models = {k: v for k, v in (("depth_model", args.model), ("normal_model", args.normal_model)) if v}
         part = {
             "all": {},
-            "solvers": {"priors": False, "photos": False},
-            "priors": {"sizes": (), "diligent": False, "photos": False},
-            "photos": {"sizes": (), "diligent": False, "priors": False},
+            "solvers": {"priors": False, "photos": False, "focal": False},
+            "priors": {"sizes": (), "diligent": False, "photos": False, "focal": False},
+            "focal": {"sizes": (), "diligent": False, "priors": False, "photos": False},
+            "photos": {"sizes": (), "diligent": False, "priors": False, "focal": False},
         }[args.part]
         run_single_bench(
             repeats=args.repeats,

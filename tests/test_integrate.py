@@ -642,6 +642,22 @@ def test_prior_family_benchmark_rows_compare_ours_with_the_prediction():
         assert b["predicted_normal_deg"] < a["predicted_normal_deg"] - 0.5
 
 
+def test_focal_benchmark_rows_recover_the_field_of_view_of_exact_predictions():
+    """The focal part of ``lotus3d bench single``: views rendered at 40 and 75 degrees; from the exact
+    disparity and normals the field of view is determined within 10 %; every row's error is the used
+    field of view against the true one, and a row kept at the default says why."""
+    from lotus3d.bench.single import focal_rows
+    from lotus3d.single import DEFAULT_FOV_DEG
+
+    rows = focal_rows(320, 240, fovs=(40.0, 75.0), presets=("orbit",), views=(0,))
+    assert len(rows) == 2 * 9 and {r["true_fov_deg"] for r in rows} == {40.0, 75.0}
+    for r in rows:
+        assert r["fov_error"] == pytest.approx(r["fov_deg"] / r["true_fov_deg"] - 1)
+        assert r["determined"] or (r["fov_deg"] == DEFAULT_FOV_DEG and r["reason"])
+    exact = [r for r in rows if r["mode"] == "exact"]
+    assert len(exact) == 2 and all(r["determined"] and abs(r["fov_error"]) <= 0.1 for r in exact)
+
+
 def test_oracle_shift_error_finds_a_shift_between_its_grid_steps():
     """The benchmark's oracle on an exact prior whose true shift lies between grid points (the far
     end well above zero, as seen from inside a room): the refined search finds it, the error is ~0."""

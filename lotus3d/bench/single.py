@@ -16,8 +16,10 @@ A third part (:func:`prior_family_rows`) runs ``lotus3d single``'s depth step on
 predictions of every error mode, three views of each of the two synthetic presets and four from
 inside the shared copy-room scan at 768x576, and compares the result with the prediction itself:
 naive (no shift), with the oracle shift and with our shift; other seeds, sizes and fields of view
-draw held-out rows. A fourth (:func:`photo_rows`) runs ``lotus3d single`` on the shared real
-photos with Lotus (qualitative: an overview image; skipped, with the reason, without weights).
+draw held-out rows. A fourth (:func:`focal_rows`) recovers the field of view from the normals on
+those views rendered at 40, 55 and 75 degrees. A fifth (:func:`photo_rows`) runs ``lotus3d single``
+on the shared real photos with Lotus (qualitative: an overview image; skipped, with the reason,
+without weights).
 
 It reports time, peak memory (tracemalloc: numpy allocations) and the mean absolute depth error
 after median scaling (MADE; relative to the mean GT depth for the panel, millimetres for DiLiGenT, as
@@ -49,6 +51,7 @@ from ..integrate import integrate_normals, log_depth_gradients
 from ..io import load_image
 from ..mesh import load_mesh
 from ..scenes import bundled_cow
+from ..simulate import ERROR_MODES, REALISTIC_NORMAL_BIAS_DEG, draw_error_model, simulate_mode, simulate_realistic
 from ..synthetic import Renderer, look_at
 from ..types import Camera, intrinsics_from_fov
 from . import shared_data
@@ -217,9 +220,9 @@ def made_mm(est: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
 
 
 def warm_up() -> float:
-    """Compile (or load from numba's cache) the integration kernels, the Jacobi solver's too; returns
+    """Compile (or load from numba's cache) the single-view kernels, the Jacobi solver's too; returns
     the seconds it took."""
-    from ..integrate import warm_up as warm_up_kernels
+    from ..single import warm_up as warm_up_kernels
 
     t0 = time.perf_counter()
     warm_up_kernels()
@@ -334,12 +337,14 @@ def run(
     photos: bool = True,
     pcfg: PredictConfig | None = None,
     normal_bias_scale: float = 1.0,
+    focal: bool = True,
 ) -> list[dict]:
     """Run the benchmark (see the module docstring), print each row as it is measured, write the rows
     to ``out``/summary.json (default bench_out/single) and return them. ``sizes=()`` and
     ``diligent=False`` leave only the prior-family rows, drawn with ``seed`` at ``prior_size`` (width,
-    height), ``fov_deg`` and ``normal_bias_scale`` (:func:`prior_family_rows`); ``photos`` adds the real photos
-    (:func:`photo_rows`, Lotus from ``pcfg``)."""
+    height), ``fov_deg`` and ``normal_bias_scale`` (:func:`prior_family_rows`); ``focal`` adds the field of
+    view's recovery on those views rendered at 40, 55 and 75 degrees (:func:`focal_rows`, the same
+    ``seed``, size and bias); ``photos`` adds the real photos (:func:`photo_rows`, Lotus from ``pcfg``)."""
     print(f"numba kernels compiled / loaded in {warm_up():.1f} s (once per process, not timed below)")
     rows = []
     panel = [(name, _panel_mesh(mesh), direction) for name, mesh, direction in PANEL] if sizes else []
@@ -371,6 +376,14 @@ def run(
             + ":"
         )
         rows += prior_family_rows(*prior_size, seed=seed, fov_deg=fov_deg, normal_bias_scale=normal_bias_scale)
+    if focal:
+        print(
+            "field of view from the normals (no K, no EXIF), views rendered at 40, 55 and 75 degrees, exact and "
+            f"simulated predictions, {prior_size[0]}x{prior_size[1]}, seed {seed}"
+            + (f", the normals' smooth bias scaled by {normal_bias_scale:g}" if normal_bias_scale != 1 else "")
+            + ":"
+        )
+        rows += focal_rows(*prior_size, seed=seed, normal_bias_scale=normal_bias_scale)
     out = Path(out or "bench_out/single")
     if photos:
         print("real photos, lotus3d single with Lotus (no ground truth: see the overview image):")
@@ -409,47 +422,16 @@ def prior_family_rows(
     prediction's far end is exactly at zero disparity, so the shift that generated it is known (minus
     the offset): its error is ``true_shift_error``, the yardstick of a method that recovers that shift
     exactly; the oracle shift may differ from it, as it also offsets errors that are not affine."""
-    from .. import scenes, single, synthetic
+    from .. import single
     from ..integrate import depth_to_normals
-    from ..simulate import (
-        ERROR_MODES,
-        REALISTIC_NORMAL_BIAS_DEG,
-        draw_error_model,
-        simulate_mode,
-        simulate_realistic,
-    )
 
-    def simulate(view, mode: str, rng: np.random.Generator):
-        if mode == "realistic":
-            return simulate_realistic(view, rng, normal_bias_deg=REALISTIC_NORMAL_BIAS_DEG * normal_bias_scale)
-        params = draw_error_model(mode, rng)
-        params["normal_bias_deg"] *= normal_bias_scale
-        return simulate_mode(view, params, rng)
-
-    bottle = _shared_bottle()
-    all_modes = (*ERROR_MODES, "realistic")
     rows = []
     for preset in presets:
-        if preset == "room":
-            rendered = room_views(width, height, seed=1 + seed, fov_deg=fov_deg or 60.0)
-            if rendered is None:
-                print("(room rows skipped: no shared/data/mesh_copyroom)")
-                continue
-            labelled = list(enumerate(rendered))
-        elif preset == "objects" and bottle is None:
-            print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
-            continue
-        else:
-            meshes = scenes.preset_meshes(preset, seed, bottle if preset == "objects" else None)
-            renderer = synthetic.Renderer(meshes)
-            cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=seed, fov_deg=fov_deg or 55.0)
-            labelled = [(i, renderer.render(cams[i])) for i in views]
-        for i, v in labelled:
+        for i, v in _family_views(preset, width, height, seed, fov_deg, views):
             K = v.camera.K
             known = float((~v.mask).mean()) > 0.02  # the normalisation's 2 % quantile is background: 0
-            for mode in modes or all_modes:
-                rng = np.random.default_rng([i, all_modes.index(mode)] + ([seed] if seed else []))
-                p = simulate(v, mode, rng)
+            for mode in modes or PRIOR_MODES:
+                p = _simulate_prior(v, mode, _prior_rng(i, mode, seed), normal_bias_scale)
                 for off in offsets:
                     pred = np.where(v.mask, p.depth + off, 0.0).astype(np.float32)
                     mask = v.mask & np.isfinite(p.normal).all(-1) & (pred > 0.01 + off)
@@ -489,12 +471,126 @@ def prior_family_rows(
                         + ("  FELL BACK" if view.refined.fallback else ""),
                         flush=True,
                     )
-    groups = {"all": rows} | {m: [r for r in rows if r["mode"] == m] for m in all_modes}
+    groups = {"all": rows} | {m: [r for r in rows if r["mode"] == m] for m in PRIOR_MODES}
     groups |= {p: [r for r in rows if r["input"].startswith(p + " ")] for p in presets}
     for name, group in groups.items():
         if group:
             print(_family_summary(name, group))
     return rows
+
+
+PRIOR_MODES = (*ERROR_MODES, "realistic")  # the simulated error modes of the prior family
+
+
+def _prior_rng(view: int, mode: str, seed: int) -> np.random.Generator:
+    """The draw of one view's prediction errors in one mode (seed 0: the documented rows)."""
+    return np.random.default_rng([view, PRIOR_MODES.index(mode)] + ([seed] if seed else []))
+
+
+def _simulate_prior(view, mode: str, rng: np.random.Generator, normal_bias_scale: float = 1.0):
+    """A simulated prediction (:class:`lotus3d.types.Prediction`) of a rendered ``view`` in one of
+    :data:`PRIOR_MODES`, the normals' smooth bias scaled by ``normal_bias_scale``."""
+    if mode == "realistic":
+        return simulate_realistic(view, rng, normal_bias_deg=REALISTIC_NORMAL_BIAS_DEG * normal_bias_scale)
+    params = draw_error_model(mode, rng)
+    params["normal_bias_deg"] *= normal_bias_scale
+    return simulate_mode(view, params, rng)
+
+
+def _family_views(preset: str, width: int, height: int, seed: int, fov_deg: float | None, views) -> list:
+    """[(index, rendered view)] of one preset: ``views`` of the synthetic presets' six cameras (55 degrees
+    unless ``fov_deg``), or four views from inside the shared copy-room scan (60 degrees unless
+    ``fov_deg``); empty, saying why, when the preset's mesh is not in the shared data."""
+    from .. import scenes, synthetic
+
+    if preset == "room":
+        rendered = room_views(width, height, seed=1 + seed, fov_deg=fov_deg or 60.0)
+        if rendered is None:
+            print("(room rows skipped: no shared/data/mesh_copyroom)")
+        return list(enumerate(rendered or []))
+    bottle = _shared_bottle()
+    if preset == "objects" and bottle is None:
+        print("(objects rows skipped: no shared/data/mesh_fuze_bottle)")
+        return []
+    meshes = scenes.preset_meshes(preset, seed, bottle if preset == "objects" else None)
+    renderer = synthetic.Renderer(meshes)
+    cams = scenes.preset_cameras(preset, meshes, 6, width, height, seed=seed, fov_deg=fov_deg or 55.0)
+    return [(i, renderer.render(cams[i])) for i in views]
+
+
+def focal_rows(
+    width: int = 768,
+    height: int = 576,
+    fovs: tuple[float, ...] = (40.0, 55.0, 75.0),
+    presets: tuple[str, ...] = ("orbit", "objects", "room"),
+    views: tuple[int, ...] = (0, 3, 5),
+    seed: int = 0,
+    normal_bias_scale: float = 1.0,
+) -> list[dict]:
+    """``lotus3d single``'s field of view when neither K nor an EXIF focal length is given
+    (:func:`lotus3d.single.recover_focal`), on the views of :func:`prior_family_rows` rendered at each
+    of ``fovs`` (horizontal, degrees): from the exact disparity and normals (mode "exact", the control)
+    and from simulated predictions of every error mode, drawn as there. Per row: the true and the used
+    field of view, whether it was determined (else the default was kept, ``reason`` says why) and its
+    relative error. 55 degrees is also the default, so at 55 keeping it is right."""
+    from .. import single
+
+    rows = []
+    for fov in fovs:
+        for preset in presets:
+            for i, v in _family_views(preset, width, height, seed, fov, views):
+                for mode in ("exact", *PRIOR_MODES):
+                    if mode == "exact":
+                        with np.errstate(divide="ignore"):
+                            pred, normal = np.where(v.mask, 1.0 / v.depth, 0.0), v.normal
+                    else:
+                        p = _simulate_prior(v, mode, _prior_rng(i, mode, seed), normal_bias_scale)
+                        pred, normal = p.depth, p.normal
+                    pred = np.where(v.mask, pred, 0.0).astype(np.float32)
+                    mask = v.mask & np.isfinite(normal).all(-1) & (pred > 0.01)
+                    t0 = time.perf_counter()
+                    res = single.recover_focal(pred, "disparity", np.nan_to_num(normal).astype(np.float32), mask)
+                    row = {
+                        "input": f"{preset} view {i + 1} {mode} at {fov:g} deg",
+                        "mode": mode,
+                        "true_fov_deg": fov,
+                        "fov_deg": res.fov_deg,
+                        "determined": res.determined,
+                        "reason": res.reason,
+                        "fov_error": res.fov_deg / fov - 1,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{row['input']:>38s}: {res.fov_deg:5.1f} deg ({row['fov_error']:+.0%})  "
+                        f"{'determined' if res.determined else 'default kept: ' + res.reason}  {row['seconds']:.1f} s",
+                        flush=True,
+                    )
+    groups = {
+        f"{kind} at {fov:g} deg": [
+            r for r in rows if r["true_fov_deg"] == fov and (r["mode"] == "exact") == (kind == "exact")
+        ]
+        for fov in fovs
+        for kind in ("exact", "simulated")
+    }
+    groups |= {m: [r for r in rows if r["mode"] == m and r["true_fov_deg"] != 55.0] for m in ("exact", *PRIOR_MODES)}
+    for name, group in groups.items():
+        if group:
+            print(_focal_summary(name, group))
+    return rows
+
+
+def _focal_summary(name: str, rows: list[dict]) -> str:
+    """One line over focal rows: used field of view within 10 % of the truth, determined, and
+    determined but more than 10 % off (the worst such error)."""
+    err = np.array([r["fov_error"] for r in rows])
+    det = np.array([r["determined"] for r in rows])
+    wrong = det & (np.abs(err) > 0.1)
+    worst = f" (worst {err[wrong][np.argmax(np.abs(err[wrong]))]:+.0%})" if wrong.any() else ""
+    return (
+        f"{name:>24s} ({len(rows)} views): field of view within 10 % on {(np.abs(err) <= 0.1).sum()}; "
+        f"determined on {det.sum()}, more than 10 % off on {wrong.sum()}{worst}; default kept on {(~det).sum()}"
+    )
 
 
 def photo_rows(out: Path, pcfg: PredictConfig | None = None, folder: Path | None = None) -> list[dict]:
