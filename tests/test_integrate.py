@@ -531,7 +531,7 @@ def test_single_benchmark_compares_both_solvers_and_writes_its_rows(tmp_path, mo
     from lotus3d.bench import single as bench
 
     monkeypatch.setattr(bench, "IDLE_SECONDS", 0.0)
-    rows = bench.run(sizes=((64, 48),), diligent=False, priors=False, repeats=1, out=tmp_path)
+    rows = bench.run(sizes=((64, 48),), diligent=False, priors=False, focal=False, repeats=1, out=tmp_path)
     views, (total,) = rows[:-1], rows[-1:]
     assert len(views) >= 4 and total["views"] == len(views)
     for r in views:
