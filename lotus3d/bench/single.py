@@ -367,21 +367,20 @@ def run(
     if dili:
         rows += dili + [summary("DiLiGenT, all 9", dili)]
         print(f"{'':>24s}  (BiNI paper: mean MADE 1.5036 mm)")
+    bias = f", the normals' smooth bias scaled by {normal_bias_scale:g}" if normal_bias_scale != 1 else ""
     if priors:
         print(
             "with a depth prior, simulated predictions of every error mode (ours vs the prior itself), "
             f"{prior_size[0]}x{prior_size[1]}, seed {seed}"
             + (f", {fov_deg:g} deg field of view" if fov_deg else "")
-            + (f", the normals' smooth bias scaled by {normal_bias_scale:g}" if normal_bias_scale != 1 else "")
+            + bias
             + ":"
         )
         rows += prior_family_rows(*prior_size, seed=seed, fov_deg=fov_deg, normal_bias_scale=normal_bias_scale)
     if focal:
         print(
             "field of view from the normals (no K, no EXIF), views rendered at 40, 55 and 75 degrees, exact and "
-            f"simulated predictions, {prior_size[0]}x{prior_size[1]}, seed {seed}"
-            + (f", the normals' smooth bias scaled by {normal_bias_scale:g}" if normal_bias_scale != 1 else "")
-            + ":"
+            f"simulated predictions, {prior_size[0]}x{prior_size[1]}, seed {seed}" + bias + ":"
         )
         rows += focal_rows(*prior_size, seed=seed, normal_bias_scale=normal_bias_scale)
     out = Path(out or "bench_out/single")
@@ -541,8 +540,8 @@ def focal_rows(
             for i, v in _family_views(preset, width, height, seed, fov, views):
                 for mode in ("exact", *PRIOR_MODES):
                     if mode == "exact":
-                        with np.errstate(divide="ignore"):
-                            pred, normal = np.where(v.mask, 1.0 / v.depth, 0.0), v.normal
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            pred, normal = 1.0 / v.depth, v.normal
                     else:
                         p = _simulate_prior(v, mode, _prior_rng(i, mode, seed), normal_bias_scale)
                         pred, normal = p.depth, p.normal
@@ -573,7 +572,9 @@ def focal_rows(
         for fov in fovs
         for kind in ("exact", "simulated")
     }
-    groups |= {m: [r for r in rows if r["mode"] == m and r["true_fov_deg"] != 55.0] for m in ("exact", *PRIOR_MODES)}
+    # per mode, the views whose field of view is not the default (where keeping it is right)
+    off_default = [r for r in rows if r["true_fov_deg"] != single.DEFAULT_FOV_DEG]
+    groups |= {m: [r for r in off_default if r["mode"] == m] for m in ("exact", *PRIOR_MODES)}
     for name, group in groups.items():
         if group:
             print(_focal_summary(name, group))
